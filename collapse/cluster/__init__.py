@@ -1,0 +1,1 @@
+"""Study orchestration: plan, run directory, lineage workers, the driver."""

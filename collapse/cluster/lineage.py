@@ -1,0 +1,87 @@
+"""A lineage worker: runs one lineage's generations in order and logs each to its W&B run.
+
+The same class runs in-process (`--local`) or as a Ray actor; the driver decides what runs when,
+the worker decides nothing but how to run one generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..trainer.checkpoint import is_done, mark_done, read_json
+from ..trainer.generation import StudyContext, Unit, link_gen0, run_unit
+from ..trainer.tracking import NullTracker, Tracker, build_tracker, wandb_run_id
+from .manifest import DONE, UNIT_METRICS
+from .plan import LineageSpec, expand
+
+LOGGED = "wandb_logged"
+
+
+def setup_worker_logging(run_dir: str | Path, name: str) -> None:
+    """Workers log to DIR/logs/<name>.log; the terminal stays for the driver's progress bars."""
+    path = Path(run_dir) / "logs" / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in root.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("transformers", "datasets", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class LineageWorker:
+    def __init__(self, run_dir: str, lineage: str, study_uid: str, log_to_file: bool = True):
+        if log_to_file:
+            setup_worker_logging(run_dir, lineage)
+        self.ctx = StudyContext(run_dir)
+        self.spec: LineageSpec = next(s for s in expand(self.ctx.cfg) if s.name == lineage)
+        self.study_uid = study_uid
+        self._tracker: Tracker | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            t = self.ctx.cfg.tracking
+            if t.wandb == "disabled":
+                self._tracker = NullTracker()
+            else:
+                self._tracker = build_tracker(
+                    t.wandb, project=t.project, entity=t.entity, group=self.ctx.cfg.study.name,
+                    name=self.spec.name, run_id=wandb_run_id(self.study_uid, self.spec.name),
+                    config={**self.spec.identity(), "study": self.ctx.cfg.study.name, "config": self.spec.config.to_dict()},
+                    directory=str(self.ctx.run.root),
+                )
+        return self._tracker
+
+    def run_generation(self, k: int) -> dict:
+        row = link_gen0(self.ctx, self.spec) if k == 0 else run_unit(self.ctx, Unit.for_lineage(self.spec, k))
+        self._log_pending(k)
+        return row
+
+    def _log_pending(self, upto: int) -> None:
+        """Log every finished generation not yet logged, in order (a crash between commit and
+        log is caught up on resume; W&B steps must increase)."""
+        for k in range(upto + 1):
+            d = self.ctx.run.unit_dir(self.spec.name, k)
+            if is_done(d, DONE) and not is_done(d, LOGGED):
+                self.tracker.log(read_json(d / UNIT_METRICS), step=k)
+                mark_done(d, LOGGED)
+
+    def finish(self) -> None:
+        if self._tracker is not None:
+            self._tracker.finish()
+            self._tracker = None
+
+
+def run_gen0(run_dir: str, lineages: list[str], log_to_file: bool = True) -> dict:
+    """Run the generation 0 shared by `lineages` (a Ray task, or called in-process)."""
+    if log_to_file:
+        setup_worker_logging(run_dir, "gen0")
+    ctx = StudyContext(run_dir)
+    by_name = {s.name: s for s in expand(ctx.cfg)}
+    return run_unit(ctx, Unit.gen0([by_name[n] for n in lineages]))

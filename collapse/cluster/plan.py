@@ -1,0 +1,83 @@
+"""Expand a study's grid into lineages; find the generation-0 units lineages share."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..trainer.config import Config
+from ..trainer.data import sequences_per_generation, synthetic_rows_needed
+from ..trainer.seeding import short_hash
+
+
+@dataclass(frozen=True)
+class LineageSpec:
+    name: str
+    index: int
+    contamination: float
+    regime: str
+    seed: int
+    extra: tuple[tuple[str, Any], ...] = ()
+    gen0_key: str = ""
+    config: Config = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def identity(self) -> dict[str, Any]:
+        """The grid coordinates of this lineage (the identity columns of metrics.jsonl)."""
+        return {"lineage": self.name, "contamination": self.contamination, "regime": self.regime, "seed": self.seed, **dict(self.extra)}
+
+    @property
+    def corpus_rows(self) -> int:
+        """Synthetic rows each generation samples for the next one."""
+        d = self.config.data
+        return synthetic_rows_needed(self.contamination, sequences_per_generation(d.tokens_per_generation, d.seq_len))
+
+
+def _fmt(value: Any) -> str:
+    return str(value).replace("/", "_").replace(" ", "")
+
+
+def lineage_name(c: float, regime: str, seed: int, extra: dict[str, Any]) -> str:
+    parts = [f"c{c:.2f}", regime, f"s{seed}"] + [f"{k.split('.')[-1]}={_fmt(v)}" for k, v in extra.items()]
+    return "-".join(parts)
+
+
+def gen0_key(cfg: Config, seed: int) -> str:
+    """Generation 0 trains on real data only, so it depends on the seed, data, model, training,
+    sampling and evaluation settings, but not on contamination or regime: lineages that agree on
+    the rest share one generation 0."""
+    model = dataclasses.asdict(cfg.model)
+    model["init"] = "base" if cfg.model.init == "base" else "scratch"  # gen 0 starts from base or scratch
+    if model["init"] != "base":
+        model["base_path"] = None
+    blob = {
+        "study_seed": cfg.study.seed, "seed": seed, "model": model,
+        **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "train", "sample", "eval")},
+    }
+    return short_hash(json.dumps(blob, sort_keys=True))
+
+
+def expand(cfg: Config) -> list[LineageSpec]:
+    g = cfg.grid
+    extra_keys = list(g.extra)
+    axes = [g.contamination, g.regime, g.seed] + [g.extra[k] for k in extra_keys]
+    specs, seen = [], set()
+    for values in itertools.product(*axes):
+        c, regime, seed, *rest = values
+        extra = dict(zip(extra_keys, rest))
+        lineage_cfg = cfg.replace(extra) if extra else cfg
+        name = lineage_name(c, regime, seed, extra)
+        if name in seen:  # duplicated grid values: identical lineages never run twice
+            continue
+        seen.add(name)
+        specs.append(LineageSpec(name, len(specs), float(c), regime, int(seed), tuple(extra.items()), gen0_key(lineage_cfg, seed), lineage_cfg))
+    return specs
+
+
+def gen0_groups(specs: list[LineageSpec]) -> dict[str, list[LineageSpec]]:
+    groups: dict[str, list[LineageSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.gen0_key, []).append(s)
+    return groups

@@ -1,0 +1,1 @@
+"""Public-domain text shipped as the default corpus."""

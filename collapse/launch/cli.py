@@ -1,0 +1,141 @@
+"""`collapse run|resume|report|validate`.
+
+Exit codes: 0 success; 1 some lineage failed (the rest of the study is kept); 2 bad config,
+override or path (one message naming the key/file and the fix, no traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..trainer.config import ConfigError, load_config
+
+console = Console(stderr=True)
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _offline_defaults() -> None:
+    # Nothing in a study downloads weights or data: fail fast instead of waiting on a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _add_exec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local", action="store_true", help="run in this process without Ray (for pdb)")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance (default: all)")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collapse", description="Recursive-training studies of model collapse.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a study from a YAML config")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (value parsed as YAML)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<study.name>)")
+    _add_exec_args(p)
+    p = sub.add_parser("resume", help="continue an interrupted study from its run directory")
+    p.add_argument("dir")
+    _add_exec_args(p)
+    p = sub.add_parser("report", help="print the table and rewrite the plot and report.md")
+    p.add_argument("dir")
+    p = sub.add_parser("validate", help="check a config without running it")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _execute(run_dir: Path, args) -> int:
+    from ..cluster.manifest import RunDir
+    from ..cluster.study import run_study
+    from .report import print_table, write_report
+
+    result = run_study(RunDir(run_dir), local=args.local, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
+    write_report(run_dir, result.failed)
+    print_table(result.rows, Console())
+    console.print(f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {run_dir}/metrics.jsonl, plot {run_dir}/collapse_curves.png")
+    if result.failed:
+        for name, error in result.failed.items():
+            last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
+            console.print(f"[red]lineage {name} failed[/red]: {last} (details: {run_dir}/lineages/{name}/FAILED.json)")
+        console.print(f"fix the cause, then `collapse resume {run_dir}` reruns only what is missing")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from ..cluster.manifest import RunDir
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.out or Path("runs") / cfg.study.name)
+    run = RunDir(run_dir)
+    if run.exists():
+        raise ConfigError(f"--out {run_dir} already holds a study; `collapse resume {run_dir}` continues it, or pass another --out")
+    run.create(cfg)
+    return _execute(run_dir, args)
+
+
+def cmd_resume(args) -> int:
+    from ..cluster.manifest import RunDir
+
+    run = RunDir(args.dir)
+    run.load_config()  # ConfigError if this is not a run dir
+    run.manifest()
+    return _execute(Path(args.dir), args)
+
+
+def cmd_report(args) -> int:
+    from ..cluster.manifest import RunDir
+    from .report import PLOT_FILE, REPORT_FILE, print_table, write_report
+
+    RunDir(args.dir).load_config()
+    rows = write_report(args.dir)
+    print_table(rows, Console())
+    console.print(f"wrote {Path(args.dir) / PLOT_FILE} and {Path(args.dir) / REPORT_FILE}")
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    from ..cluster.plan import expand, gen0_groups
+
+    cfg = load_config(args.config, args.overrides)
+    specs = expand(cfg)
+    Console().print(
+        f"[green]ok[/green] {args.config}: {len(specs)} lineages x {cfg.study.generations + 1} generations, "
+        f"{len(gen0_groups(specs))} shared generation-0 unit(s)"
+    )
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "validate": cmd_validate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted; `collapse resume DIR` continues from the last finished stage", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,1 @@
+"""Model, data, engine, sampling, evaluation, checkpoint and tracking for one generation."""

@@ -1,0 +1,110 @@
+"""Atomic writes and completion markers.
+
+The run directory is the only record of progress, so every file is written to a temporary name,
+fsynced and `os.replace`d into place; a directory (a model, a dataset) is built under a temporary
+name and renamed whole. A stage is complete iff its marker file exists, and the marker is always
+written last, after everything it vouches for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def write_dir_atomic(path: str | Path, fill: Callable[[Path], Any]) -> Any:
+    """Call `fill(tmp_dir)`, fsync it, then rename it to `path` (replacing any old copy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        result = fill(tmp)
+        fsync_tree(tmp)
+        if path.exists():
+            # Rename the stale copy away first so that `path` is never half old, half new.
+            trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def clean_tmp(root: str | Path) -> None:
+    """Remove leftovers of writes that were interrupted (a killed process never renames them)."""
+    root = Path(root)
+    if not root.exists():
+        return
+    for p in list(root.rglob(".*.tmp-*")) + list(root.rglob(".*.old-*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mark_done(dir_path: str | Path, marker: str, meta: dict[str, Any] | None = None) -> None:
+    write_json_atomic(Path(dir_path) / marker, meta or {})
+
+
+def is_done(dir_path: str | Path, marker: str) -> bool:
+    return (Path(dir_path) / marker).is_file()

@@ -1,0 +1,355 @@
+"""Typed study configuration: dataclass defaults <- YAML file <- `--set key=value` overrides.
+
+Every field has a one-line doc in `FIELD_DOCS` form (the `doc` metadata) that the README's config
+reference mirrors. Any problem raises `ConfigError` naming the dotted key and what would fix it;
+the CLI turns that into exit code 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+REGIMES = ("replace", "accumulate", "accumulate-subsample")
+INITS = ("scratch", "previous", "base")
+ARCHS = ("llama", "gpt2")
+ENGINES = ("torch",)
+SAMPLE_MODES = ("unconditional", "prompted")
+WANDB_MODES = ("offline", "online", "disabled")
+# Grid keys with a short alias; any other grid key is a dotted config path (e.g. `model.init`).
+GRID_ALIASES = {"contamination": "contamination", "regime": "regime", "seed": "seed"}
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; the message names the key or file and the fix."""
+
+
+def doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass
+class StudyConfig:
+    name: str = doc("Study name: default output dir `runs/<name>`, W&B group.", default="study")
+    seed: int = doc("Study seed; every random draw is derived from (seed, lineage, generation).", default=0)
+    generations: int = doc("Last generation index G; lineages run generations 0..G.", default=4)
+
+
+@dataclass
+class GridConfig:
+    contamination: list[float] = doc(
+        "Fractions c of each generation's new training tokens that are synthetic.", default_factory=lambda: [0.0, 1.0]
+    )
+    regime: list[str] = doc(f"Data regimes, any of {list(REGIMES)}.", default_factory=lambda: ["replace"])
+    seed: list[int] = doc("Lineage seeds (replicates); each also seeds its generation 0.", default_factory=lambda: [0])
+    extra: dict[str, list[Any]] = doc(
+        "Other grid axes as dotted config keys, e.g. {model.init: [scratch, previous]}.", default_factory=dict
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = doc("`austen` (embedded), a text folder, a .jsonl file, or a `datasets` save_to_disk dir.", default="austen")
+    text_field: str = doc("Field holding the text in JSONL / datasets sources.", default="text")
+    eval_fraction: float = doc("Fraction of documents held out for evaluation (never trained on).", default=0.1)
+    prompt_fraction: float = doc("Fraction of documents reserved as prompts for prompted sampling.", default=0.05)
+    seq_len: int = doc("Tokens per training sequence, eval sequence and synthetic sample.", default=64)
+    tokens_per_generation: int = doc("Token budget N of the data each generation adds (and the replace regime's set).", default=65536)
+    eval_sequences: int = doc("Held-out real sequences evaluated each generation (0 = all).", default=512)
+    vocab_size: int = doc("BPE vocabulary size when the tokenizer is trained on the train split.", default=2048)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = doc(f"Architecture built from config, one of {list(ARCHS)}.", default="llama")
+    d_model: int = doc("Hidden size.", default=128)
+    n_layers: int = doc("Transformer blocks.", default=4)
+    n_heads: int = doc("Attention heads (must divide d_model).", default=4)
+    d_ff: int = doc("MLP inner size.", default=384)
+    init: str = doc(f"Weights each generation starts from, one of {list(INITS)}.", default="scratch")
+    base_path: str | None = doc("Local Hugging Face model dir for `init: base` (its tokenizer is used).", default=None)
+
+
+@dataclass
+class TrainConfig:
+    engine: str = doc(f"Training engine, one of {list(ENGINES)}.", default="torch")
+    epochs: float = doc("Passes over the generation's training set.", default=1.0)
+    batch_size: int = doc("Global batch size in sequences.", default=32)
+    micro_batch_size: int = doc("Sequences per forward pass (gradient accumulation = batch / micro).", default=32)
+    lr: float = doc("Peak learning rate (AdamW).", default=3e-3)
+    min_lr_ratio: float = doc("Final LR as a fraction of the peak (cosine decay).", default=0.1)
+    warmup_steps: int = doc("Linear warm-up steps.", default=20)
+    weight_decay: float = doc("AdamW weight decay.", default=0.1)
+    grad_clip: float = doc("Global gradient-norm clip (0 = off).", default=1.0)
+    checkpoint_every: int = doc("Steps between step checkpoints (resume point inside a generation; 0 = off).", default=100)
+
+
+@dataclass
+class SampleConfig:
+    backend: str = doc("Sampler backend (`hf`: transformers generate with KV cache).", default="hf")
+    mode: str = doc(f"One of {list(SAMPLE_MODES)}: start from a document boundary or a real prompt prefix.", default="unconditional")
+    prompt_tokens: int = doc("Real prefix length for prompted sampling (rest of seq_len is generated).", default=16)
+    temperature: float = doc("Sampling temperature (1.0 = the model's distribution).", default=1.0)
+    top_k: int = doc("Top-k truncation (0 = off).", default=0)
+    top_p: float = doc("Nucleus truncation (1.0 = off).", default=1.0)
+    batch_size: int = doc("Sequences generated per batch.", default=128)
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = doc("Sequences sampled each generation for diversity metrics (fixed, so comparable).", default=128)
+    batch_size: int = doc("Sequences per forward pass when scoring held-out text.", default=64)
+    head_mass: float = doc("Head bucket: most frequent train tokens covering this share of tokens.", default=0.5)
+    tail_mass: float = doc("Tail bucket: rarest train tokens covering this share of tokens.", default=0.1)
+
+
+@dataclass
+class ResourcesConfig:
+    cpu: int = doc("CPUs (and torch threads) per lineage actor.", default=1)
+    max_concurrent: int = doc("Lineages running at once (0 = as many as the CPUs allow).", default=0)
+
+
+@dataclass
+class TrackingConfig:
+    wandb: str = doc(f"W&B mode, one of {list(WANDB_MODES)}; offline needs no account.", default="offline")
+    project: str = doc("W&B project.", default="collapse")
+    entity: str | None = doc("W&B entity (team); None = your default.", default=None)
+
+
+@dataclass
+class Config:
+    study: StudyConfig = field(default_factory=StudyConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def get(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def replace(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with dotted-key overrides applied and validated."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return from_dict(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building from plain data, with errors that name the key
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(Config, data, prefix="", source=source)
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: `{prefix.rstrip('.')}` must be a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean `{prefix}{near[0]}`?" if near else f"; valid keys: {sorted(names)}"
+            raise ConfigError(f"{source}: unknown key `{prefix}{key}`{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]  # a scalar is a one-element list: `--set grid.seed=3`
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: `{key}` must be a mapping, got {value!r}")
+        return dict(value)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    raise ConfigError(f"{source}: `{key}` must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"`{key}` {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each names the key and the fix."""
+    s, g, d, m, t, sm, e = cfg.study, cfg.grid, cfg.data, cfg.model, cfg.train, cfg.sample, cfg.eval
+    _check(bool(s.name) and "/" not in s.name, "study.name", "must be a non-empty name without '/'")
+    _check(s.generations >= 1, "study.generations", f"must be >= 1 (got {s.generations})")
+    _check(len(g.contamination) > 0, "grid.contamination", "must list at least one fraction")
+    for i, c in enumerate(g.contamination):
+        _check(0.0 <= c <= 1.0, f"grid.contamination[{i}]", f"must be in [0, 1] (got {c})")
+    _check(len(g.regime) > 0, "grid.regime", "must list at least one regime")
+    for i, r in enumerate(g.regime):
+        _check(r in REGIMES, f"grid.regime[{i}]", f"must be one of {list(REGIMES)} (got {r!r})")
+    _check(len(g.seed) > 0, "grid.seed", "must list at least one seed")
+    for key, values in g.extra.items():
+        _check(isinstance(values, list) and len(values) > 0, f"grid.extra.{key}", "must be a non-empty list")
+        _check(key.split(".")[0] not in ("grid", "study"), f"grid.extra.{key}", "cannot vary study or grid keys")
+        try:
+            cfg.get(key)
+        except AttributeError:
+            raise ConfigError(f"`grid.extra.{key}` is not a config key; use a dotted path like `model.init`") from None
+    _check(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+    _check(0 <= d.prompt_fraction < 1, "data.prompt_fraction", "must be in [0, 1)")
+    _check(d.eval_fraction + d.prompt_fraction < 0.9, "data.eval_fraction", "+ data.prompt_fraction must leave >= 10% for training")
+    _check(d.eval_fraction > 0, "data.eval_fraction", "must be > 0: collapse is measured on held-out real text")
+    _check(8 <= d.seq_len <= 8192, "data.seq_len", f"must be in [8, 8192] (got {d.seq_len})")
+    _check(d.tokens_per_generation >= d.seq_len, "data.tokens_per_generation", "must be at least data.seq_len")
+    _check(d.eval_sequences >= 0, "data.eval_sequences", "must be >= 0")
+    _check(d.vocab_size >= 260, "data.vocab_size", "must be >= 260 (256 bytes + special tokens)")
+    _check(m.arch in ARCHS, "model.arch", f"must be one of {list(ARCHS)} (got {m.arch!r})")
+    _check(m.init in INITS, "model.init", f"must be one of {list(INITS)} (got {m.init!r})")
+    _check(m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0, "model.n_heads", "must divide model.d_model")
+    _check(m.n_layers > 0 and m.d_ff > 0, "model.n_layers", "and model.d_ff must be positive")
+    if m.init == "base" or "base" in g.extra.get("model.init", []):
+        _check(bool(m.base_path), "model.base_path", "is required when model.init is `base`: a local HF model dir")
+        path = Path(m.base_path or "")
+        _check(path.is_dir() and (path / "config.json").exists(), "model.base_path",
+               f"must be a local Hugging Face model dir with config.json (not found: {m.base_path})")
+    _check(t.engine in ENGINES, "train.engine", f"must be one of {list(ENGINES)} (got {t.engine!r})")
+    _check(t.epochs > 0, "train.epochs", "must be > 0")
+    _check(t.batch_size > 0 and t.micro_batch_size > 0, "train.batch_size", "and train.micro_batch_size must be > 0")
+    _check(t.batch_size % t.micro_batch_size == 0, "train.micro_batch_size", f"must divide train.batch_size ({t.batch_size})")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+    _check(t.warmup_steps >= 0 and t.checkpoint_every >= 0, "train.warmup_steps", "and train.checkpoint_every must be >= 0")
+    _check(sm.backend == "hf", "sample.backend", f"must be `hf` (got {sm.backend!r})")
+    _check(sm.mode in SAMPLE_MODES, "sample.mode", f"must be one of {list(SAMPLE_MODES)} (got {sm.mode!r})")
+    _check(0 < sm.prompt_tokens < d.seq_len, "sample.prompt_tokens", f"must be in (0, data.seq_len={d.seq_len})")
+    _check(sm.temperature > 0, "sample.temperature", "must be > 0 (use a small value for near-greedy)")
+    _check(sm.top_k >= 0, "sample.top_k", "must be >= 0")
+    _check(0 < sm.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+    _check(sm.batch_size > 0, "sample.batch_size", "must be > 0")
+    _check(e.num_samples >= 2, "eval.num_samples", "must be >= 2")
+    _check(0 < e.head_mass < 1 and 0 < e.tail_mass < 1 and e.head_mass + e.tail_mass <= 1, "eval.head_mass",
+           "and eval.tail_mass must be in (0, 1) and sum to <= 1")
+    _check(cfg.resources.cpu >= 1, "resources.cpu", "must be >= 1")
+    _check(cfg.resources.max_concurrent >= 0, "resources.max_concurrent", "must be >= 0")
+    _check(cfg.tracking.wandb in WANDB_MODES, "tracking.wandb", f"must be one of {list(WANDB_MODES)}")
+    if d.source != "austen":
+        _check(Path(d.source).exists(), "data.source", f"path not found: {d.source} (use `austen` or a local path)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Files and overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML (`grid.contamination=[0.0,1.0]`)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set study.generations=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})") from None
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if parts[0] == "grid" and len(parts) > 2 and parts[1] == "extra":
+        data["grid"]["extra"][".".join(parts[2:])] = value  # extra keys are themselves dotted
+        return
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"--set {key}: unknown section `{'.'.join(parts[: i + 1])}`")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        section = node if isinstance(node, dict) else {}
+        near = difflib.get_close_matches(parts[-1], list(section), n=1)
+        hint = f"; did you mean `{'.'.join(parts[:-1] + [near[0]])}`?" if near else ""
+        raise ConfigError(f"--set {key}: unknown key{hint}")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    data = json.loads(json.dumps(data))  # deep copy, plain types only
+    base = Config().to_dict()
+    for section, values in data.items():
+        if section not in base:
+            near = difflib.get_close_matches(str(section), list(base), n=1)
+            hint = f"; did you mean `{near[0]}`?" if near else f"; sections: {list(base)}"
+            raise ConfigError(f"{path}: unknown section `{section}`{hint}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section `{section}` must be a mapping")
+        for key, value in values.items():
+            if key not in base[section]:
+                # let _build produce the "did you mean" message with the full key
+                base[section][key] = value
+            elif key == "extra" and section == "grid":
+                base[section][key] = dict(value or {})
+            else:
+                base[section][key] = value
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(base, key, value)
+    return from_dict(base, source=str(path))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

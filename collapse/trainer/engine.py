@@ -1,0 +1,141 @@
+"""The training engine: one readable loop, step checkpoints, deterministic data order.
+
+The batch at step s is a pure function of (seed, s): rows are visited in a seeded permutation per
+epoch, so a run resumed from step s reads exactly the batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model as load_weights
+from safetensors.torch import save_model as save_weights
+
+from .checkpoint import mark_done, read_json, write_dir_atomic
+from .config import TrainConfig
+from .seeding import numpy_rng
+
+log = logging.getLogger(__name__)
+STEP_DIR = "step_{:06d}"
+STEP_DONE = "step.json"  # written last inside a step checkpoint: its presence marks validity
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    losses: list[float]
+    resumed_from: int
+    seconds: float
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-max(1, len(self.losses) // 10) :]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+def total_steps(n_rows: int, cfg: TrainConfig) -> int:
+    return max(1, math.ceil(cfg.epochs * n_rows / cfg.batch_size))
+
+
+def batch_indices(step: int, n_rows: int, batch_size: int, seed_parts: tuple) -> np.ndarray:
+    """Row indices of the global batch at `step`: epoch e walks a permutation seeded by (seed, e)."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_rows)
+        perm = numpy_rng(*seed_parts, "order", epoch).permutation(n_rows)
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return np.asarray(out)
+
+
+def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms, biases and (tied) embeddings, as in GPT-2 / Llama recipes.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embed" not in name and "wte" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+class TorchEngine:
+    """Single-process engine (`train.engine: torch`)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed_parts: tuple, ckpt_root: Path) -> TrainResult:
+        cfg, t0 = self.cfg, time.perf_counter()
+        n_rows = len(rows)
+        steps = total_steps(n_rows, cfg)
+        optimizer = make_optimizer(model, cfg)
+        start, losses = self._restore(model, optimizer, ckpt_root)
+        if start:
+            log.info("resuming training at step %d/%d from %s", start, steps, ckpt_root)
+        data = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        accum = cfg.batch_size // cfg.micro_batch_size
+        model.train()
+        for step in range(start, steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, cfg)
+            batch = data[batch_indices(step, n_rows, cfg.batch_size, seed_parts)]
+            step_loss = 0.0
+            for micro in batch.split(cfg.micro_batch_size):
+                loss = model(input_ids=micro, labels=micro).loss / accum
+                loss.backward()
+                step_loss += loss.item()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                self._save(model, optimizer, step + 1, losses, ckpt_root)
+        model.eval()
+        return TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
+
+    # -- step checkpoints: model + optimizer + step + loss history; step.json last ---------------
+
+    def _save(self, model, optimizer, step: int, losses: list[float], root: Path) -> None:
+        def fill(tmp: Path) -> None:
+            save_weights(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            mark_done(tmp, STEP_DONE, {"step": step, "losses": losses})
+
+        write_dir_atomic(root / STEP_DIR.format(step), fill)
+        for old in sorted(root.glob("step_*")):  # keep only the newest valid checkpoint
+            if old.name != STEP_DIR.format(step):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self, model, optimizer, root: Path) -> tuple[int, list[float]]:
+        valid = sorted(p for p in root.glob("step_*") if (p / STEP_DONE).is_file()) if root.exists() else []
+        if not valid:
+            return 0, []
+        latest = valid[-1]
+        load_weights(model, str(latest / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        meta = read_json(latest / STEP_DONE)
+        return int(meta["step"]), list(meta["losses"])
+
+
+def build_engine(cfg: TrainConfig) -> TorchEngine:
+    if cfg.engine == "torch":
+        return TorchEngine(cfg)
+    raise ValueError(f"train.engine {cfg.engine!r} is not available")

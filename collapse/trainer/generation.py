@@ -1,0 +1,213 @@
+"""One generation of one lineage, as resumable stages:
+
+    1 build_training_set   real pool + synthetic corpora per regime, counts recorded
+    2 train                engine.fit from scratch / previous / base  -> step checkpoints
+    3 consolidate          HF model dir (safetensors) = the generation's weights; train.json last
+    4 sample               next generation's synthetic corpus with provenance (skipped if unused)
+    5 evaluate             held-out real text + a fixed-size sample set -> one metrics row
+    6 commit               metrics.json, then DONE (last)
+
+Each stage is skipped when its marker exists, so a unit killed at any point resumes where it
+stopped, and every stage is a deterministic function of seeds and earlier stages' outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cluster.manifest import DONE, SHARED_POINTER, UNIT_METRICS, RunDir
+from ..cluster.plan import LineageSpec
+from . import metrics as M
+from .checkpoint import clean_tmp, is_done, mark_done, read_json, write_json_atomic
+from .config import Config
+from .data import RealData, build_training_set, sequences_per_generation
+from .engine import build_engine
+from .evaluation import eval_subset, evaluate_real, reference_rows
+from .metrics import frequency_buckets, sample_metrics
+from .model import WEIGHTS_FILE, build_model, count_parameters, load_model, save_model_dir
+from .sampling import build_sampler, load_corpus_rows, sample_rows, save_corpus
+from .seeding import derive_seed, seed_everything
+from .tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+TRAIN_META = "train.json"  # written after model/ is complete: marks the train stage done
+CORPUS_DIR = "synthetic"
+CORPUS_DONE = "synthetic.json"
+MODEL_DIR = "model"
+TRAIN_STATE = "train_state"
+
+
+class StudyContext:
+    """What a worker needs to run units of one study; loaded lazily from the run dir."""
+
+    def __init__(self, run_dir: str | Path, cfg: Config | None = None):
+        self.run = RunDir(run_dir)
+        self.cfg = cfg or self.run.load_config()
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.run.tokenizer_dir)
+
+    @cached_property
+    def real(self) -> RealData:
+        return RealData.load(self.run.data_dir)
+
+    @cached_property
+    def eval_rows(self) -> np.ndarray:
+        return eval_subset(self.real.eval, self.cfg.data.eval_sequences)
+
+    @cached_property
+    def buckets(self) -> np.ndarray:
+        return frequency_buckets(self.real.train_token_counts, self.cfg.eval.head_mass, self.cfg.eval.tail_mass)
+
+    def corpus_rows(self, lineage: LineageSpec, k: int) -> np.ndarray:
+        return load_corpus_rows(self.run.artifacts_dir(lineage.name, lineage.gen0_key, k) / CORPUS_DIR)
+
+
+@dataclass
+class Unit:
+    """A (lineage, generation) to run. Generation 0 runs once per gen0 key, for every lineage
+    sharing it (`corpus_rows` is then the most any of them needs)."""
+
+    spec: LineageSpec
+    generation: int
+    corpus_rows: int
+    label: str  # seeds and provenance; the lineage name, or gen0-<key> for a shared gen 0
+
+    @classmethod
+    def for_lineage(cls, spec: LineageSpec, k: int) -> "Unit":
+        return cls(spec, k, spec.corpus_rows, spec.name)
+
+    @classmethod
+    def gen0(cls, sharers: list[LineageSpec]) -> "Unit":
+        return cls(sharers[0], 0, max(s.corpus_rows for s in sharers), f"gen0-{sharers[0].gen0_key}")
+
+
+def run_unit(ctx: StudyContext, unit: Unit) -> dict:
+    """Run (or finish) one unit and return its metrics row. Idempotent."""
+    spec, k, cfg = unit.spec, unit.generation, unit.spec.config
+    study = ctx.cfg.study
+    out = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k)
+    if is_done(out, DONE):
+        return read_json(out / UNIT_METRICS)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_tmp(out)
+    torch.set_num_threads(cfg.resources.cpu)
+    seed_everything(study.seed, unit.label, k)  # for any library code drawing from global RNGs
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+
+    # 1-3 train and consolidate --------------------------------------------------------------
+    if not is_done(out, TRAIN_META):
+        t = time.perf_counter()
+        tset = build_training_set(
+            k, spec.regime, spec.contamination, ctx.real,
+            synthetic_of=lambda j: ctx.corpus_rows(spec, j),
+            n_seqs=sequences_per_generation(cfg.data.tokens_per_generation, cfg.data.seq_len),
+            real_seed_parts=(study.seed, spec.seed),
+            subsample_seed_parts=(study.seed, unit.label),
+        )
+        model, parent = _initial_model(ctx, unit)
+        result = build_engine(cfg.train).fit(model, tset.rows, (study.seed, unit.label, k), out / TRAIN_STATE)
+        sha = save_model_dir(out / MODEL_DIR, model, ctx.tokenizer)
+        meta = {
+            "training_set": tset.summary(cfg.data.seq_len),
+            "init": cfg.model.init if k > 0 else ("base" if cfg.model.init == "base" else "scratch"),
+            "init_from": parent,
+            "steps": result.steps,
+            "tokens_seen": result.tokens,
+            "final_loss": result.final_loss,
+            "losses": result.losses,
+            "resumed_from_step": result.resumed_from,
+            "num_params": count_parameters(model),
+            "weights_sha256": sha,
+        }
+        write_json_atomic(out / TRAIN_META, meta)  # last: the train stage is done
+        shutil.rmtree(out / TRAIN_STATE, ignore_errors=True)
+        timing["train_s"] = time.perf_counter() - t
+    else:
+        model = load_model(out / MODEL_DIR)
+    train_meta = read_json(out / TRAIN_META)
+
+    # 4 sample the next generation's corpus ----------------------------------------------------
+    if k < study.generations and unit.corpus_rows > 0 and not is_done(out, CORPUS_DONE):
+        t = time.perf_counter()
+        rows, prompt_ids, n_prompt, params = sample_rows(
+            model, build_sampler(cfg.sample), unit.corpus_rows, cfg.sample, cfg.data.seq_len,
+            ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, unit.label, k, "corpus"),
+        )
+        save_corpus(out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, train_meta["weights_sha256"][:16])
+        mark_done(out, CORPUS_DONE, {"rows": int(len(rows)), "tokens": int(rows.size), "params": params.__dict__})
+        timing["sample_s"] = time.perf_counter() - t
+
+    # 5 evaluate -----------------------------------------------------------------------------
+    t = time.perf_counter()
+    real_metrics = evaluate_real(model, ctx.eval_rows, ctx.buckets, cfg.eval.batch_size)
+    # Diversity on a fixed-size sample set seeded by (seed, generation) only: lineages with the
+    # same seed draw with common random numbers, so their differences are the models'.
+    eval_cfg = cfg.sample
+    samples, *_ = sample_rows(
+        model, build_sampler(eval_cfg), cfg.eval.num_samples, eval_cfg, cfg.data.seq_len,
+        ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, spec.seed, k, "eval-samples"),
+    )
+    div = sample_metrics(samples, reference_rows(ctx.real.eval, cfg.eval.num_samples))
+    timing["eval_s"] = time.perf_counter() - t
+
+    ts = train_meta["training_set"]
+    row = {
+        M.GENERATION: k,
+        **real_metrics,
+        **div,
+        M.TRAIN_TOKENS: ts["tokens"],
+        M.TRAIN_ROWS: ts["rows"],
+        M.SYNTHETIC_FRACTION: ts["synthetic_fraction"],
+        M.TRAIN_LOSS: train_meta["final_loss"],
+        M.TRAIN_STEPS: train_meta["steps"],
+        M.NUM_PARAMS: train_meta["num_params"],
+        M.WALL_S: time.perf_counter() - t0,
+    }
+    if k > 0:
+        row.update(spec.identity())
+    write_json_atomic(out / "timing.json", timing)
+    write_json_atomic(out / UNIT_METRICS, row)
+    mark_done(out, DONE, {"finished": time.time()})  # last
+    return row
+
+
+def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
+    """Give a lineage its own generation-0 row, pointing at the shared unit."""
+    shared = ctx.run.gen0_dir(spec.gen0_key)
+    mine = ctx.run.unit_dir(spec.name, 0)
+    if is_done(mine, DONE):
+        return read_json(mine / UNIT_METRICS)
+    row = {**read_json(shared / UNIT_METRICS), **spec.identity(), M.GENERATION: 0}
+    write_json_atomic(mine / SHARED_POINTER, {"path": str(shared.relative_to(ctx.run.root))})
+    write_json_atomic(mine / UNIT_METRICS, row)
+    mark_done(mine, DONE, {"finished": time.time()})
+    return row
+
+
+def _initial_model(ctx: StudyContext, unit: Unit):
+    """The weights generation k starts from, and where they came from."""
+    spec, k, cfg = unit.spec, unit.generation, unit.spec.config
+    init = cfg.model.init
+    if init == "base":
+        return load_model(cfg.model.base_path), str(cfg.model.base_path)
+    if init == "previous" and k > 0:
+        parent = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k - 1) / MODEL_DIR
+        return load_model(parent), str(parent.relative_to(ctx.run.root))
+    seed = derive_seed(ctx.cfg.study.seed, unit.label, k, "init")
+    model = build_model(cfg.model, len(ctx.tokenizer), cfg.data.seq_len, ctx.tokenizer.eos_token_id, seed)
+    return model, f"scratch(seed={seed})"
+
+
+def parent_weights(ctx: StudyContext, spec: LineageSpec, k: int) -> Path:
+    return ctx.run.artifacts_dir(spec.name, spec.gen0_key, k) / MODEL_DIR / WEIGHTS_FILE

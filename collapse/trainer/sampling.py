@@ -1,0 +1,131 @@
+"""Sampling synthetic corpora, with provenance.
+
+Every batch is seeded from (seed parts, batch index) and always generated at full batch size, so a
+corpus of m rows is the first m rows of the same stream for any m: a shared generation 0 can sample
+once for the lineage that needs most and every other lineage takes a prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import GenerationConfig
+
+from .checkpoint import write_dir_atomic
+from .config import SampleConfig
+from .seeding import derive_seed, numpy_rng
+
+log = logging.getLogger(__name__)
+
+# Provenance columns of every synthetic row (a contract: readers rely on these names).
+PROVENANCE_COLUMNS = (
+    "lineage", "generation", "parent_checkpoint", "sample_index", "prompt_id",
+    "temperature", "top_k", "top_p", "max_new_tokens", "num_prompt_tokens", "is_synthetic",
+)
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+    @classmethod
+    def from_config(cls, cfg: SampleConfig, max_new_tokens: int) -> "SampleParams":
+        return cls(cfg.temperature, cfg.top_k, cfg.top_p, max_new_tokens)
+
+
+class HFSampler:
+    """`sample.backend: hf` — transformers `generate` with its KV cache, batched."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(self, model, prompts: np.ndarray, params: SampleParams, seed_parts: tuple, pad_id: int) -> np.ndarray:
+        """prompts: [n, p] token ids (same length p). Returns [n, p + max_new_tokens]."""
+        model.eval()
+        gen_cfg = GenerationConfig(
+            do_sample=True,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.max_new_tokens,
+            # EOS is an ordinary token here (a document boundary inside a chunk, as in training
+            # data): never stop at it, and never suppress it, so every row has the same length.
+            eos_token_id=None,
+            pad_token_id=pad_id,
+        )
+        out = []
+        n, bs = len(prompts), self.batch_size
+        for b in range(-(-n // bs)):
+            chunk = prompts[b * bs : (b + 1) * bs]
+            if len(chunk) < bs:  # pad to full batch so the random stream doesn't depend on n
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - len(chunk), axis=0)])
+            ids = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.int64))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(*seed_parts, "batch", b))
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg)
+            out.append(gen.numpy()[: min(bs, n - b * bs)])
+        return np.concatenate(out).astype(np.int32) if out else np.zeros((0, prompts.shape[1] + params.max_new_tokens), np.int32)
+
+
+def build_sampler(cfg: SampleConfig) -> HFSampler:
+    return HFSampler(cfg.batch_size)
+
+
+def make_prompts(n: int, mode: str, seq_len: int, prompt_tokens: int, eos_id: int, prompt_pool: np.ndarray, seed_parts: tuple):
+    """Returns (prompts [n, p], prompt_ids [n], new_tokens). Unconditional rows start at a document
+    boundary (EOS) and generate seq_len tokens; prompted rows take a real prefix from the prompt
+    pool and generate the rest of seq_len."""
+    if mode == "unconditional":
+        return np.full((n, 1), eos_id, dtype=np.int32), np.full(n, -1, dtype=np.int64), seq_len
+    if len(prompt_pool) == 0:
+        raise ValueError("sample.mode is `prompted` but the prompt pool is empty: raise data.prompt_fraction")
+    ids = np.concatenate([numpy_rng(*seed_parts, "prompts", i).permutation(len(prompt_pool)) for i in range(-(-n // len(prompt_pool)))])[:n]
+    return np.asarray(prompt_pool[ids, :prompt_tokens], dtype=np.int32), ids.astype(np.int64), seq_len - prompt_tokens
+
+
+def sample_rows(model, sampler: HFSampler, n: int, cfg: SampleConfig, seq_len: int, eos_id: int, prompt_pool: np.ndarray, seed_parts: tuple):
+    """n synthetic rows of exactly seq_len tokens, plus their prompt ids and prompt lengths."""
+    prompts, prompt_ids, new_tokens = make_prompts(n, cfg.mode, seq_len, cfg.prompt_tokens, eos_id, prompt_pool, seed_parts)
+    params = SampleParams.from_config(cfg, new_tokens)
+    full = sampler.generate(model, prompts, params, seed_parts, eos_id)
+    # Unconditional: drop the EOS start token. Prompted: keep the real prefix (counted in num_prompt_tokens).
+    rows = full[:, 1:] if cfg.mode == "unconditional" else full
+    n_prompt = 0 if cfg.mode == "unconditional" else cfg.prompt_tokens
+    return rows, prompt_ids, n_prompt, params
+
+
+def save_corpus(path: Path, rows: np.ndarray, tokenizer, prompt_ids, n_prompt: int, params: SampleParams, lineage: str, generation: int, parent_checkpoint: str) -> None:
+    """Write the synthetic corpus as a `datasets` dataset with provenance columns (atomically)."""
+    import datasets
+
+    n = len(rows)
+    table = {
+        "input_ids": [r.tolist() for r in rows],
+        "text": tokenizer.batch_decode(rows.tolist()),
+        "lineage": [lineage] * n,
+        "generation": [generation] * n,
+        "parent_checkpoint": [parent_checkpoint] * n,
+        "sample_index": list(range(n)),
+        "prompt_id": [int(p) for p in prompt_ids],
+        "num_prompt_tokens": [n_prompt] * n,
+        "is_synthetic": [True] * n,
+        **{k: [v] * n for k, v in asdict(params).items()},
+    }
+    ds = datasets.Dataset.from_dict(table)
+    write_dir_atomic(path, lambda tmp: ds.save_to_disk(str(tmp)))
+
+
+def load_corpus_rows(path: Path) -> np.ndarray:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path)).with_format("numpy", columns=["input_ids"])
+    return np.asarray(ds["input_ids"], dtype=np.int32) if len(ds) else np.zeros((0, 0), np.int32)

@@ -1,0 +1,59 @@
+"""Shared fixtures: offline environment, one Ray per test session, small real-text corpora."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports transformers / datasets / wandb.
+os.environ.update(
+    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
+    TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+AUSTEN = REPO / "collapse" / "corpora" / "austen.jsonl.gz"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    # Tokenizers trained in tests are cached per session, never in the user's cache.
+    os.environ["COLLAPSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """40 real Austen chapters as JSONL (a fraction of the embedded corpus: fast to tokenize)."""
+    path = tmp_path_factory.mktemp("corpus") / "austen40.jsonl"
+    with gzip.open(AUSTEN, "rt") as f, open(path, "w") as out:
+        for i, line in enumerate(f):
+            if i % 6 == 0:
+                out.write(line)
+    return path
+
+
+def tiny_overrides(corpus: Path, **extra) -> list[str]:
+    """A study small enough to run in seconds, on real text."""
+    base = {
+        "data.source": str(corpus), "data.tokens_per_generation": 2048, "data.seq_len": 32,
+        "data.eval_sequences": 48, "data.vocab_size": 300, "study.generations": 2,
+        "eval.num_samples": 16, "sample.batch_size": 32, "train.batch_size": 16, "train.micro_batch_size": 8,
+        "train.checkpoint_every": 2, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.d_ff": 64,
+    }
+    base.update(extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray instance for every test that needs one."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+    yield ray
+    ray.shutdown()

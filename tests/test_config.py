@@ -1,0 +1,138 @@
+"""Config: defaults <- YAML <- --set; every shipped config validates; bad input exits 2 with a
+message that names the key or file, and never damages an existing run dir."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collapse.launch.cli import EXIT_CONFIG, main
+from collapse.trainer.config import Config, ConfigError, load_config, parse_override, validate
+
+from .conftest import CONFIGS
+
+
+def test_defaults_validate():
+    validate(Config())
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    assert main(["validate", str(path)]) == 0
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_override("grid.contamination=[0.0,1.0]") == ("grid.contamination", [0.0, 1.0])
+    assert parse_override("study.name=x=y") == ("study.name", "x=y")
+    cfg = load_config(CONFIGS / "debug.yaml", ["grid.contamination=[0.25]", "study.generations=7", "train.lr=1e-3", "grid.seed=3"])
+    assert cfg.grid.contamination == [0.25]
+    assert cfg.study.generations == 7
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.grid.seed == [3]  # a scalar becomes a one-element list
+
+
+def test_extra_grid_axis_expands(small_corpus):
+    from collapse.cluster.plan import expand
+
+    cfg = load_config(CONFIGS / "debug.yaml", ["grid.extra={model.init: [scratch, previous]}", "grid.contamination=[1.0]", "grid.regime=[replace]"])
+    specs = expand(cfg)
+    assert [s.name for s in specs] == ["c1.00-replace-s0-init=scratch", "c1.00-replace-s0-init=previous"]
+    assert specs[1].config.model.init == "previous"
+    assert specs[0].gen0_key == specs[1].gen0_key  # generation 0 is shared across init modes
+
+
+def test_generation0_shared_across_contamination_and_regime():
+    from collapse.cluster.plan import expand, gen0_groups
+
+    specs = expand(load_config(CONFIGS / "debug.yaml"))
+    assert len(specs) == 6
+    assert len(gen0_groups(specs)) == 1
+    two_seeds = expand(load_config(CONFIGS / "debug.yaml", ["grid.seed=[0,1]"]))
+    assert len(gen0_groups(two_seeds)) == 2
+
+
+BAD = [
+    # (yaml text or None, overrides, expected fragment of the message)
+    ("study: {generations: 0}", [], "study.generations"),
+    ("grid: {contamination: [1.5]}", [], "grid.contamination[0]"),
+    ("grid: {regime: [replase]}", [], "grid.regime[0]"),
+    ("grid: {seed: []}", [], "grid.seed"),
+    ("data: {seq_len: 4}", [], "data.seq_len"),
+    ("data: {source: /no/such/dir}", [], "data.source"),
+    ("data: {eval_fraction: 0.0}", [], "data.eval_fraction"),
+    ("model: {n_heads: 5}", [], "model.n_heads"),
+    ("model: {init: base}", [], "model.base_path"),
+    ("model: {init: base, base_path: /nope}", [], "model.base_path"),
+    ("model: {arch: mamba}", [], "model.arch"),
+    ("train: {batch_size: 10, micro_batch_size: 4}", [], "train.micro_batch_size"),
+    ("train: {lr: fast}", [], "train.lr"),
+    ("train: {lrr: 0.1}", [], "did you mean `train.lr`"),
+    ("trian: {lr: 0.1}", [], "did you mean `train`"),
+    ("sample: {top_p: 0}", [], "sample.top_p"),
+    ("tracking: {wandb: maybe}", [], "tracking.wandb"),
+    ("grid: {extra: {model.nope: [1]}}", [], "grid.extra.model.nope"),
+    ("- a list", [], "mapping"),
+    ("study: [", [], "not valid YAML"),
+    ("", ["study.generations"], "expected key=value"),
+    ("", ["train.nope=1"], "train.nope"),
+    ("", ["nosection.x=1"], "nosection"),
+    ("", ["grid.contamination=[0.1, oops"], "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,overrides,fragment", BAD, ids=[b[2] for b in BAD])
+def test_bad_config_exits_2_naming_the_key(tmp_path, capsys, text, overrides, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    argv = ["validate", str(path)] + [a for o in overrides for a in ("--set", o)]
+    assert main(argv) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert fragment in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_config_file(capsys):
+    assert main(["validate", "/no/such.yaml"]) == EXIT_CONFIG
+    assert "/no/such.yaml" in capsys.readouterr().err
+
+
+def test_cli_process_prints_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {contamination: [2]}\n")
+    proc = subprocess.run([sys.executable, "-m", "collapse.launch.cli", "run", str(bad), "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "grid.contamination[0]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # nothing created for a bad config
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_bad_input_never_damages_existing_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    from collapse.cluster.manifest import RunDir
+
+    RunDir(run).create(load_config(CONFIGS / "smoke.yaml"))
+    (run / "metrics.jsonl").write_text('{"lineage": "x", "generation": 0}\n')
+    before = _tree_digest(run)
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(run)]) == EXIT_CONFIG
+    assert "collapse resume" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: -1}\n")
+    assert main(["run", str(bad), "--out", str(run)]) == EXIT_CONFIG
+    assert main(["resume", str(tmp_path / "not_a_run")]) == EXIT_CONFIG
+    assert _tree_digest(run) == before
+
+
+def test_config_error_is_value_error():
+    with pytest.raises(ConfigError):
+        Config().replace({"study.generations": -1})

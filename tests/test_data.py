@@ -1,0 +1,123 @@
+"""Corpus splits, chunking and the regime semantics of each generation's training set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from collapse.trainer.corpus import Document, load_documents, split_documents
+from collapse.trainer.data import REAL, RealData, build_training_set, draw_rows, synthetic_source, tokenize_to_chunks
+from collapse.trainer.tokenizer import train_bpe
+
+
+def test_embedded_corpus_is_real_austen():
+    docs = load_documents("austen")
+    assert len(docs) == 269
+    assert sum(len(d.text.split()) for d in docs) > 700_000
+    assert any("Elizabeth" in d.text for d in docs)
+
+
+def test_splits_are_disjoint_deterministic_and_exhaustive():
+    docs = load_documents("austen")
+    a = split_documents(docs, 0.1, 0.05)
+    b = split_documents(list(reversed(docs)), 0.1, 0.05)
+    ids = {k: {d.id for d in v} for k, v in a.items()}
+    assert ids == {k: {d.id for d in v} for k, v in b.items()}  # independent of input order
+    assert not (ids["train"] & ids["eval"]) and not (ids["train"] & ids["prompt"]) and not (ids["eval"] & ids["prompt"])
+    assert sum(len(v) for v in ids.values()) == len(docs)
+    assert len(ids["eval"]) == round(0.1 * len(docs))
+
+
+def test_text_folder_and_jsonl_sources(tmp_path):
+    for i in range(4):
+        (tmp_path / f"d{i}.txt").write_text(f"document {i} " * 20)
+    assert [d.id for d in load_documents(str(tmp_path))] == [f"d{i}.txt" for i in range(4)]
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text("\n".join('{"body": "text %d here"}' % i for i in range(5)))
+    from collapse.trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.text_field"):
+        load_documents(str(jsonl))
+    assert len(load_documents(str(jsonl), text_field="body")) == 5
+
+
+def test_datasets_dir_source(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": [f"row {i} of real text" for i in range(6)]}).save_to_disk(str(tmp_path / "ds"))
+    assert len(load_documents(str(tmp_path / "ds"))) == 6
+
+
+def test_tokenizer_round_trips_and_chunks(small_corpus):
+    docs = load_documents(str(small_corpus))
+    tok = train_bpe([d.text for d in docs], 300)
+    text = "“Mr. Darcy,” said she — naïve café!"
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level: lossless
+    chunks = tokenize_to_chunks(tok, docs[:3], 32)
+    assert chunks.shape[1] == 32 and chunks.dtype == np.int32
+    assert (chunks == tok.eos_token_id).sum() >= 2  # documents separated by EOS
+    assert train_bpe([d.text for d in docs], 300).get_vocab() == tok.get_vocab()  # cache hit is identical
+
+
+def _real(n_train=100, seq_len=8) -> RealData:
+    train = np.arange(n_train * seq_len, dtype=np.int32).reshape(n_train, seq_len)
+    return RealData(train, train[:4], train[:4], np.ones(1000, dtype=np.int64))
+
+
+def _synthetic(gen: int) -> np.ndarray:
+    return np.full((50, 8), -(gen + 1), dtype=np.int32)  # negative ids mark "synthetic from gen"
+
+
+def _build(k, regime, c, n=20, seed=(0, 0)):
+    return build_training_set(k, regime, c, _real(), _synthetic, n, seed, ("sub",))
+
+
+@pytest.mark.parametrize("c,expect_syn", [(0.0, 0), (0.5, 10), (0.9, 18), (1.0, 20)])
+def test_replace_mixes_c_times_n_synthetic(c, expect_syn):
+    ts = _build(3, "replace", c)
+    assert len(ts.rows) == 20
+    assert ts.counts.get(synthetic_source(2), 0) == expect_syn
+    assert ts.counts.get(REAL, 0) == 20 - expect_syn
+    assert ts.synthetic_fraction == pytest.approx(expect_syn / 20)
+    assert ((ts.rows < 0).all(axis=1).sum()) == expect_syn  # only the previous generation's rows
+
+
+def test_generation0_is_all_real():
+    ts = _build(0, "replace", 1.0)
+    assert ts.counts == {REAL: 20}
+
+
+def test_accumulate_keeps_everything():
+    ts = _build(3, "accumulate", 1.0)
+    assert len(ts.rows) == 4 * 20
+    assert ts.counts == {REAL: 20, synthetic_source(0): 20, synthetic_source(1): 20, synthetic_source(2): 20}
+    # D_0 is the same real block generation 0 trained on
+    gen0 = _build(0, "replace", 1.0)
+    assert np.array_equal(ts.rows[:20], gen0.rows)
+
+
+def test_accumulate_subsample_draws_n_from_the_pool():
+    ts = _build(3, "accumulate-subsample", 1.0)
+    assert len(ts.rows) == 20
+    assert set(ts.counts) <= {REAL, *(synthetic_source(j) for j in range(3))}
+    assert len(ts.counts) >= 3  # drawn from several generations
+    again = _build(3, "accumulate-subsample", 1.0)
+    assert np.array_equal(ts.rows, again.rows)  # deterministic
+
+
+def test_real_draws_are_nested_across_contamination():
+    low = _build(2, "replace", 0.2)
+    high = _build(2, "replace", 0.6)
+    real_low = {tuple(r) for r, s in zip(low.rows, low.sources) if s == REAL}
+    real_high = {tuple(r) for r, s in zip(high.rows, high.sources) if s == REAL}
+    assert real_high < real_low  # common random numbers: the smaller real set is inside the larger
+
+
+def test_real_draws_differ_by_seed_and_generation():
+    a, b, c = _build(1, "replace", 0.0), _build(2, "replace", 0.0), _build(1, "replace", 0.0, seed=(0, 1))
+    assert not np.array_equal(a.rows, b.rows) and not np.array_equal(a.rows, c.rows)
+
+
+def test_draw_rows_without_replacement_within_a_pass():
+    idx = draw_rows(10, 25, np.random.default_rng(0))
+    assert len(idx) == 25 and sorted(idx[:10]) == list(range(10)) and sorted(idx[10:20]) == list(range(10))

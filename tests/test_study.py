@@ -1,0 +1,102 @@
+"""A tiny study end to end through real Ray, with real W&B offline files, plots and report."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from collapse.cluster.manifest import MANIFEST_FILE, read_metrics
+from collapse.launch.cli import main
+from collapse.trainer import metrics as M
+from collapse.trainer.tracking import wandb_run_id
+
+from .conftest import CONFIGS, tiny_overrides
+
+REQUIRED = {
+    "lineage", "generation", "contamination", "regime", "seed", "ppl_real", "ppl_real_p99", "distinct_2",
+    "unigram_entropy", "train_tokens", "synthetic_fraction", "wall_s", "loss_tail", "loss_head", "vocab_coverage",
+}
+
+
+def _args(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.mark.ray
+def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "grid.regime": ["replace", "accumulate"]})
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + _args(overrides)) == 0
+
+    rows = read_metrics(out)
+    assert len(rows) == 4 * 3  # lineages x generations 0..2
+    assert all(REQUIRED <= set(r) for r in rows)
+    by = {(r["lineage"], r["generation"]): r for r in rows}
+    N = 2048
+
+    # generation 0 trained once, shared by all four lineages
+    assert len(list((out / "shared").iterdir())) == 1
+    gen0 = [r for r in rows if r["generation"] == 0]
+    assert len({r["ppl_real"] for r in gen0}) == 1 and all(r["synthetic_fraction"] == 0 for r in gen0)
+
+    # regime semantics visible in the rows
+    assert by[("c1.00-replace-s0", 2)]["synthetic_fraction"] == 1.0
+    assert by[("c1.00-replace-s0", 2)]["train_tokens"] == N
+    assert by[("c1.00-accumulate-s0", 2)]["train_tokens"] == 3 * N
+    assert by[("c1.00-accumulate-s0", 2)]["synthetic_fraction"] == pytest.approx(2 / 3)
+    assert by[("c0.00-accumulate-s0", 2)]["synthetic_fraction"] == 0.0
+
+    # provenance: each lineage's corpus names its lineage, generation and parent weights
+    corpus = datasets.load_from_disk(str(out / "lineages" / "c1.00-replace-s0" / "gen_001" / "synthetic"))
+    assert set(corpus["lineage"]) == {"c1.00-replace-s0"} and set(corpus["generation"]) == {1}
+    train_meta = json.loads((out / "lineages" / "c1.00-replace-s0" / "gen_001" / "train.json").read_text())
+    assert set(corpus["parent_checkpoint"]) == {train_meta["weights_sha256"][:16]}
+    assert train_meta["training_set"]["rows_by_source"] == {"synthetic/gen_000": N // 32}
+    assert not list((out / "lineages" / "c0.00-replace-s0" / "gen_001").glob("synthetic"))  # c=0 samples no corpus
+
+    # real W&B offline runs: one per lineage, deterministic ids, one step per generation
+    uid = json.loads((out / MANIFEST_FILE).read_text())["uid"]
+    run_dirs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 4
+    ids = {p.name.rsplit("-", 1)[1] for p in run_dirs}
+    assert ids == {wandb_run_id(uid, r["lineage"]) for r in gen0}
+    for p in run_dirs:
+        assert list(p.glob("run-*.wandb")) and (p / "run-" f"{p.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
+
+    # outputs other tools read
+    assert (out / "collapse_curves.png").stat().st_size > 10_000
+    report = (out / "report.md").read_text()
+    assert "c1.00" not in report or "replace" in report
+    assert "| replace | 1 |" in report
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "c1.00-replace-s0" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_failed_lineage_does_not_stop_the_study(ray_session, small_corpus, tmp_path):
+    """A lineage whose generation raises is marked failed with its error; the others finish."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1})
+    from collapse.cluster.manifest import RunDir
+    from collapse.trainer.config import load_config
+
+    cfg = load_config(CONFIGS / "smoke.yaml", overrides)
+    run = RunDir(out)
+    run.create(cfg)
+    # Sabotage one lineage's input: its generation-1 dir is a file, so the unit cannot write.
+    (run.lineage_dir("c1.00-replace-s0")).mkdir(parents=True)
+    (run.unit_dir("c1.00-replace-s0", 1)).write_text("not a directory")
+    assert main(["resume", str(out)]) == 1
+    rows = read_metrics(out)
+    assert {(r["lineage"], r["generation"]) for r in rows} == {("c0.00-replace-s0", 0), ("c0.00-replace-s0", 1), ("c1.00-replace-s0", 0)}
+    failed = json.loads((run.lineage_dir("c1.00-replace-s0") / "FAILED.json").read_text())
+    assert "gen_001" in failed["error"]
+    # fixing the cause and resuming finishes only what is missing
+    run.unit_dir("c1.00-replace-s0", 1).unlink()
+    assert main(["resume", str(out), "--local"]) == 0
+    assert len(read_metrics(out)) == 4
+    assert not (run.lineage_dir("c1.00-replace-s0") / "FAILED.json").exists()
+    assert {r[M.GENERATION] for r in read_metrics(out)} == {0, 1}
