@@ -42,6 +42,12 @@ def _wait_for(predicate, proc, timeout=240.0) -> bool:
     return False
 
 
+def _popen(cmd):
+    # A child must not share this process's W&B service (WANDB_SERVICE), as a real run wouldn't.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
 def _kill(proc) -> None:
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
@@ -58,11 +64,11 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
     out = tmp_path / "killed"
     lineages = out / "lineages"
     # Kill 1: mid-training (a step checkpoint exists inside some generation >= 1).
-    proc = subprocess.Popen(_cmd(out, overrides), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _popen(_cmd(out, overrides))
     assert _wait_for(lambda: any(lineages.glob("*/gen_00[12]/train_state/step_*/step.json")), proc), "never reached mid-training"
     _kill(proc)
     # Kill 2 (on resume): right after some generation-2 unit is committed, mid-study.
-    proc = subprocess.Popen([sys.executable, "-m", "collapse.launch.cli", "resume", str(out), "--num-cpus", "2"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _popen([sys.executable, "-m", "collapse.launch.cli", "resume", str(out), "--num-cpus", "2"])
     assert _wait_for(lambda: any(lineages.glob("*/gen_002/DONE")), proc), "never reached generation 2"
     _kill(proc)
     assert len(list(lineages.glob("*/gen_003/DONE"))) < 4  # there was work left to resume

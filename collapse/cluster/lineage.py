@@ -1,4 +1,4 @@
-"""A lineage worker: runs one lineage's generations in order and logs each to its W&B run.
+"""Lineage workers: run one lineage's generations in order and log each to its W&B run.
 
 The same class runs in-process (`--local`) or as a Ray actor; the driver decides what runs when,
 the worker decides nothing but how to run one generation.
@@ -35,25 +35,33 @@ def setup_worker_logging(run_dir: str | Path, name: str) -> None:
 
 
 class LineageWorker:
-    def __init__(self, run_dir: str, lineage: str, study_uid: str, log_to_file: bool = True):
+    """Hosts one lineage at a time. As a Ray actor it is a long-lived slot: imports, the tokenizer
+    and the mmapped real pools are loaded once and reused by every lineage it hosts."""
+
+    def __init__(self, run_dir: str, study_uid: str, log_to_file: bool = True):
         if log_to_file:
-            setup_worker_logging(run_dir, lineage)
+            setup_worker_logging(run_dir, f"worker-{os.getpid()}")
         self.ctx = StudyContext(run_dir)
-        self.spec: LineageSpec = next(s for s in expand(self.ctx.cfg) if s.name == lineage)
+        self.specs = {s.name: s for s in expand(self.ctx.cfg)}
         self.study_uid = study_uid
+        self.spec: LineageSpec | None = None
         self._tracker: Tracker | None = None
+
+    def open(self, lineage: str) -> None:
+        self.close()
+        self.spec = self.specs[lineage]
 
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            t = self.ctx.cfg.tracking
+            t, spec = self.ctx.cfg.tracking, self.spec
             if t.wandb == "disabled":
                 self._tracker = NullTracker()
             else:
                 self._tracker = build_tracker(
                     t.wandb, project=t.project, entity=t.entity, group=self.ctx.cfg.study.name,
-                    name=self.spec.name, run_id=wandb_run_id(self.study_uid, self.spec.name),
-                    config={**self.spec.identity(), "study": self.ctx.cfg.study.name, "config": self.spec.config.to_dict()},
+                    name=spec.name, run_id=wandb_run_id(self.study_uid, spec.name),
+                    config={**spec.identity(), "study": self.ctx.cfg.study.name, "config": spec.config.to_dict()},
                     directory=str(self.ctx.run.root),
                 )
         return self._tracker
@@ -62,6 +70,10 @@ class LineageWorker:
         row = link_gen0(self.ctx, self.spec) if k == 0 else run_unit(self.ctx, Unit.for_lineage(self.spec, k))
         self._log_pending(k)
         return row
+
+    def run_gen0(self, lineages: list[str]) -> dict:
+        """Run the generation 0 shared by `lineages`."""
+        return run_unit(self.ctx, Unit.gen0([self.specs[n] for n in lineages]))
 
     def _log_pending(self, upto: int) -> None:
         """Log every finished generation not yet logged, in order (a crash between commit and
@@ -72,16 +84,8 @@ class LineageWorker:
                 self.tracker.log(read_json(d / UNIT_METRICS), step=k)
                 mark_done(d, LOGGED)
 
-    def finish(self) -> None:
+    def close(self) -> None:
         if self._tracker is not None:
             self._tracker.finish()
             self._tracker = None
-
-
-def run_gen0(run_dir: str, lineages: list[str], log_to_file: bool = True) -> dict:
-    """Run the generation 0 shared by `lineages` (a Ray task, or called in-process)."""
-    if log_to_file:
-        setup_worker_logging(run_dir, "gen0")
-    ctx = StudyContext(run_dir)
-    by_name = {s.name: s for s in expand(ctx.cfg)}
-    return run_unit(ctx, Unit.gen0([by_name[n] for n in lineages]))
+        self.spec = None

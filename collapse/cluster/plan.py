@@ -81,3 +81,12 @@ def gen0_groups(specs: list[LineageSpec]) -> dict[str, list[LineageSpec]]:
     for s in specs:
         groups.setdefault(s.gen0_key, []).append(s)
     return groups
+
+
+def estimated_cost(spec: LineageSpec, generations: int) -> float:
+    """Relative cost of a lineage in sequence-passes, for scheduling: training rows per
+    generation (accumulate grows by n each generation) plus sampling (~1.5x a training pass)."""
+    d, t = spec.config.data, spec.config.train
+    n = sequences_per_generation(d.tokens_per_generation, d.seq_len)
+    train = sum((k + 1) * n if spec.regime == "accumulate" else n for k in range(1, generations + 1))
+    return t.epochs * train + 1.5 * spec.corpus_rows * generations

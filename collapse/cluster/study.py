@@ -22,9 +22,9 @@ from ..trainer.config import Config, ConfigError
 from ..trainer.corpus import load_documents, split_documents
 from ..trainer.data import prepare_real_data, sequences_per_generation
 from ..trainer.tokenizer import load_tokenizer, train_bpe
-from .lineage import LineageWorker, run_gen0
+from .lineage import LineageWorker
 from .manifest import DONE, RunDir
-from .plan import LineageSpec, expand, gen0_groups
+from .plan import LineageSpec, estimated_cost, expand, gen0_groups
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -121,39 +121,78 @@ def run_study(run: RunDir, local: bool = False, address: str | None = None, num_
     return StudyResult(rows, tracker.failed, time.perf_counter() - t0)
 
 
+class WorkQueue:
+    """What runs next on a free slot. Generation-0 units first (each unblocks its lineages), then
+    ready lineages, most expensive first: longest-processing-time-first packs the slots best, and
+    the long accumulate lineages no longer start last."""
+
+    def __init__(self, run: RunDir, specs: list[LineageSpec], generations: int):
+        self.G = generations
+        todo = [s for s in specs if _next_generation(run, s, generations) <= generations]
+        self.waiting: dict[str, list[LineageSpec]] = {}
+        self.gen0: list[tuple[str, list[str]]] = []
+        self.ready: list[LineageSpec] = []
+        for key, sharers in gen0_groups(todo).items():
+            if is_done(run.gen0_dir(key), DONE):
+                self.ready += sharers
+            else:
+                self.waiting[key] = sharers
+                self.gen0.append((key, [s.name for s in specs if s.gen0_key == key]))
+        self.ready.sort(key=lambda s: -estimated_cost(s, generations))
+
+    def next(self):
+        if self.gen0:
+            return ("gen0", *self.gen0.pop(0))
+        if self.ready:
+            return ("lineage", self.ready.pop(0))
+        return None
+
+    def gen0_done(self, key: str) -> None:
+        self.ready += self.waiting.pop(key)
+        self.ready.sort(key=lambda s: -estimated_cost(s, self.G))
+
+    def gen0_failed(self, key: str) -> list[LineageSpec]:
+        return self.waiting.pop(key)
+
+    def pending(self) -> bool:
+        return bool(self.gen0 or self.ready or self.waiting)
+
+
 # ------------------------------------------------------------------------------------------------
-# In-process: one lineage after another (pdb-friendly, same code paths as the actors)
+# In-process: the same queue, one slot (pdb-friendly, same code paths as the actors)
 
 
-def _run_local(run: RunDir, cfg: Config, specs, uid: str, tracker: _Board) -> None:
+def _run_local(run: RunDir, cfg: Config, specs, uid: str, board: _Board) -> None:
     G = cfg.study.generations
-    for key, sharers in gen0_groups(specs).items():
-        todo = [s for s in sharers if _next_generation(run, s, G) <= G]
-        if not todo:
-            continue
-        try:
-            if not is_done(run.gen0_dir(key), DONE):
-                for s in todo:
-                    tracker.started(s.name, 0)
-                run_gen0(str(run.root), [s.name for s in sharers], log_to_file=False)
-        except Exception:
-            for s in todo:
-                tracker.failed_lineage(s.name, traceback.format_exc())
-            continue
-        for spec in todo:
-            worker = LineageWorker(str(run.root), spec.name, uid, log_to_file=False)
+    queue = WorkQueue(run, specs, G)
+    host = LineageWorker(str(run.root), uid, log_to_file=False)
+    try:
+        while (item := queue.next()) is not None:
+            if item[0] == "gen0":
+                _, key, names = item
+                for s in queue.waiting[key]:
+                    board.started(s.name, 0)
+                try:
+                    host.run_gen0(names)
+                    queue.gen0_done(key)
+                except Exception:
+                    for s in queue.gen0_failed(key):
+                        board.failed_lineage(s.name, traceback.format_exc())
+                continue
+            spec = item[1]
+            host.open(spec.name)
             try:
                 for k in range(_next_generation(run, spec, G), G + 1):
-                    tracker.started(spec.name, k)
-                    tracker.finished(spec.name, k, worker.run_generation(k))
+                    board.started(spec.name, k)
+                    board.finished(spec.name, k, host.run_generation(k))
             except Exception:
-                tracker.failed_lineage(spec.name, traceback.format_exc())
-            finally:
-                worker.finish()
+                board.failed_lineage(spec.name, traceback.format_exc())
+    finally:
+        host.close()
 
 
 # ------------------------------------------------------------------------------------------------
-# Ray: generation-0 tasks, then one actor per lineage, as many at once as the CPUs allow
+# Ray: a pool of lineage actors, each hosting one lineage at a time until it finishes
 
 
 def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None:
@@ -161,7 +200,9 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
 
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "WANDB_", "COLLAPSE_", "TOKENIZERS_"))}
+    # Forward offline switches and settings; never WANDB_SERVICE: each worker owns its W&B service
+    # (a service address points at this host, and a shared one outlives a killed worker's runs).
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "WANDB_", "COLLAPSE_", "TOKENIZERS_")) and k != "WANDB_SERVICE"}
     kwargs = dict(
         include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
         configure_logging=True, logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None,
@@ -173,69 +214,68 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 1024**2, **kwargs)
 
 
-def _run_ray(run: RunDir, cfg: Config, specs, uid: str, tracker: _Board, address, num_cpus, dashboard) -> None:
+def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, num_cpus, dashboard) -> None:
     import ray
+    from ray.exceptions import RayActorError
 
     init_ray(address, num_cpus, dashboard)
     G, cpu = cfg.study.generations, cfg.resources.cpu
+    queue = WorkQueue(run, specs, G)
+    work = len(queue.gen0) + len(queue.ready) + sum(len(v) for v in queue.waiting.values())
     cap = cfg.resources.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // cpu)
-    gen0_task = ray.remote(run_gen0).options(num_cpus=cpu, max_retries=0)
     Actor = ray.remote(LineageWorker).options(num_cpus=cpu, max_restarts=0)
+    hosts = {h: Actor.remote(str(run.root), uid) for h in range(min(cap, work))}
+    current: dict[int, LineageSpec | None] = {h: None for h in hosts}
+    inflight: dict = {}  # ObjectRef -> (host, ("gen0", key) | ("gen", name, k))
 
-    todo = [s for s in specs if _next_generation(run, s, G) <= G]
-    inflight: dict = {}  # ObjectRef -> ("gen0", key) | ("gen", name, k)
-    ready: list[LineageSpec] = []
-    for key, sharers in gen0_groups(todo).items():
-        if is_done(run.gen0_dir(key), DONE):
-            ready += sharers
+    def assign(h: int) -> None:
+        spec = current[h]
+        if spec is not None and _next_generation(run, spec, G) <= G:
+            k = _next_generation(run, spec, G)
+            board.started(spec.name, k)
+            inflight[hosts[h].run_generation.remote(k)] = (h, ("gen", spec.name, k))
+            return
+        current[h] = None
+        item = queue.next()
+        if item is None:
+            return
+        if item[0] == "gen0":
+            _, key, names = item
+            for s in queue.waiting[key]:
+                board.started(s.name, 0)
+            inflight[hosts[h].run_gen0.remote(names)] = (h, ("gen0", key))
         else:
-            all_sharers = [s.name for s in specs if s.gen0_key == key]
-            inflight[gen0_task.remote(str(run.root), all_sharers)] = ("gen0", key)
-            for s in sharers:
-                tracker.started(s.name, 0)
-    actors: dict[str, object] = {}
+            current[h] = item[1]
+            hosts[h].open.remote(item[1].name)  # closes the previous lineage's W&B run first
+            assign(h)
 
-    def submit(spec: LineageSpec) -> None:
-        k = _next_generation(run, spec, G)
-        tracker.started(spec.name, k)
-        inflight[actors[spec.name].run_generation.remote(k)] = ("gen", spec.name, k)
-
-    def stop(name: str) -> None:
-        actor = actors.pop(name)
-        try:
-            ray.get(actor.finish.remote(), timeout=60)
-        except Exception:  # the W&B run is only closed; the results are already on disk
-            pass
-        ray.kill(actor)
-
-    by_name = {s.name: s for s in specs}
-    while inflight or ready:
-        ready.sort(key=lambda s: s.index)  # plan order: started lineages finish first
-        while ready and len(actors) < cap:
-            spec = ready.pop(0)
-            actors[spec.name] = Actor.remote(str(run.root), spec.name, uid)
-            submit(spec)
+    for h in hosts:
+        assign(h)
+    while inflight:
         done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
         for ref in done:
-            what = inflight.pop(ref)
+            h, what = inflight.pop(ref)
             try:
                 result = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - recorded per lineage, the study goes on
                 error = f"{type(exc).__name__}: {exc}"
                 if what[0] == "gen0":
-                    for s in todo:
-                        if s.gen0_key == what[1]:
-                            tracker.failed_lineage(s.name, error)
+                    for s in queue.gen0_failed(what[1]):
+                        board.failed_lineage(s.name, error)
                 else:
-                    tracker.failed_lineage(what[1], error)
-                    stop(what[1])
+                    board.failed_lineage(what[1], error)
+                current[h] = None
+                if isinstance(exc, RayActorError):  # the slot died: replace it
+                    hosts[h] = Actor.remote(str(run.root), uid)
+                assign(h)
                 continue
             if what[0] == "gen0":
-                ready += [s for s in todo if s.gen0_key == what[1]]
-                continue
-            _, name, k = what
-            tracker.finished(name, k, result)
-            if k < G:
-                submit(by_name[name])
+                queue.gen0_done(what[1])
+                for idle in [i for i in hosts if i != h and not any(v[0] == i for v in inflight.values())]:
+                    assign(idle)  # lineages just became ready for slots that had nothing to do
             else:
-                stop(name)
+                board.finished(what[1], what[2], result)
+            assign(h)
+    ray.get([hosts[h].close.remote() for h in hosts])
+    for actor in hosts.values():
+        ray.kill(actor)

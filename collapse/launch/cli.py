@@ -27,6 +27,14 @@ def _offline_defaults() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # say it, instead of DeepSpeed warning that it guessed
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _add_exec_args(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ from ..trainer.checkpoint import write_bytes_atomic, write_text_atomic
 PLOT_FILE = "collapse_curves.png"
 REPORT_FILE = "report.md"
 TABLE_KEYS = (M.PPL_REAL, M.PPL_REAL_P99, M.LOSS_TAIL, M.DISTINCT_2, M.UNIGRAM_ENTROPY, M.SYNTHETIC_FRACTION, M.TRAIN_TOKENS)
+SHORT = {M.PPL_REAL: "ppl", M.PPL_REAL_P99: "ppl p99", M.LOSS_TAIL: "tail loss", M.DISTINCT_2: "dist-2",
+         M.UNIGRAM_ENTROPY: "entropy", M.SYNTHETIC_FRACTION: "synth", M.TRAIN_TOKENS: "tokens"}
 
 
 def _fmt(v) -> str:
@@ -27,8 +29,10 @@ def _fmt(v) -> str:
 def print_table(rows: list[dict], console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title="collapse: lineage x generation", show_lines=False)
-    for col in ("lineage", "gen") + TABLE_KEYS:
-        table.add_column(col, justify="right" if col != "lineage" else "left")
+    table.add_column("lineage", no_wrap=True)
+    table.add_column("gen", justify="right")
+    for key in TABLE_KEYS:
+        table.add_column(SHORT[key], justify="right", no_wrap=True)
     for r in rows:
         table.add_row(r[M.LINEAGE], str(r[M.GENERATION]), *(_fmt(r.get(k, float("nan"))) for k in TABLE_KEYS))
     console.print(table)
