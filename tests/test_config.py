@@ -136,3 +136,17 @@ def test_bad_input_never_damages_existing_run(tmp_path, capsys):
 def test_config_error_is_value_error():
     with pytest.raises(ConfigError):
         Config().replace({"study.generations": -1})
+
+
+def test_readme_config_reference_is_current():
+    from collapse.trainer.config import reference_markdown
+
+    readme = (CONFIGS.parent / "README.md").read_text()
+    assert reference_markdown() in readme, "regenerate the README table with collapse.trainer.config.reference_markdown()"
+
+
+def test_readme_quickstart_matches_ci():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    ci = (CONFIGS.parent / ".ci" / "run").read_text()
+    test_cmd = "bash launch/install.sh && python3 -m pytest"
+    assert test_cmd in readme and test_cmd in ci

@@ -70,7 +70,7 @@ def _execute(run_dir: Path, args) -> int:
 
     result = run_study(RunDir(run_dir), local=args.local, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
     write_report(run_dir, result.failed)
-    print_table(result.rows, Console())
+    print_table(result.rows)
     console.print(f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {run_dir}/metrics.jsonl, plot {run_dir}/collapse_curves.png")
     if result.failed:
         for name, error in result.failed.items():
@@ -108,7 +108,7 @@ def cmd_report(args) -> int:
 
     RunDir(args.dir).load_config()
     rows = write_report(args.dir)
-    print_table(rows, Console())
+    print_table(rows)
     console.print(f"wrote {Path(args.dir) / PLOT_FILE} and {Path(args.dir) / REPORT_FILE}")
     return EXIT_OK
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,15 +23,16 @@ SHORT = {M.PPL_REAL: "ppl", M.PPL_REAL_P99: "ppl p99", M.LOSS_TAIL: "tail loss",
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else (f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}")
+        return "nan" if math.isnan(v) else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
     return str(v)
 
 
 def print_table(rows: list[dict], console: Console | None = None) -> None:
-    console = console or Console()
+    # Piped output (CI logs, `| less`) gets a fixed width instead of rich's 80-column default.
+    console = console or Console(width=None if sys.stdout.isatty() else 130)
     table = Table(title="collapse: lineage x generation", show_lines=False)
     table.add_column("lineage", no_wrap=True)
-    table.add_column("gen", justify="right")
+    table.add_column("gen", justify="right", min_width=3)
     for key in TABLE_KEYS:
         table.add_column(SHORT[key], justify="right", no_wrap=True)
     for r in rows:

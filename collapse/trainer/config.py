@@ -353,3 +353,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """The README's config reference, generated from the dataclasses (a test keeps them in sync)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.type if isinstance(section.type, type) else get_type_hints(Config)[section.name]):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"| `{section.name}.{f.name}` | `{json.dumps(default)}` | {f.metadata.get('doc', '')} |")
+    return "\n".join(lines)

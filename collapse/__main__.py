@@ -1,0 +1,5 @@
+"""`python -m collapse ...` is the same as the `collapse` command."""
+
+from .launch.cli import entry
+
+entry()
