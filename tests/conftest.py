@@ -57,3 +57,27 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def popen_study(cmd: list[str]):
+    """Start a `collapse` process in its own session, as a user's shell would (and without this
+    process's W&B service address, which a real run would not inherit)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def kill_session(proc) -> None:
+    """SIGKILL everything in the process's session: the driver, the Ray head it started, the actors
+    and training workers (Ray puts each worker in its own process group, so killpg is not enough).
+    This is what a dead machine looks like to the run directory."""
+    import psutil
+
+    for q in psutil.process_iter():
+        try:
+            if os.getsid(q.pid) == proc.pid:
+                q.kill()
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    proc.wait()

@@ -3,9 +3,7 @@ metrics of an uninterrupted run (every value except wall_s)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
+import json
 import sys
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 from collapse.cluster.manifest import read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, tiny_overrides
+from .conftest import CONFIGS, kill_session, popen_study, tiny_overrides
 
 OVERRIDES = {
     "grid.contamination": [0.5, 1.0], "grid.regime": ["replace", "accumulate-subsample"], "study.generations": 3,
@@ -42,17 +40,6 @@ def _wait_for(predicate, proc, timeout=240.0) -> bool:
     return False
 
 
-def _popen(cmd):
-    # A child must not share this process's W&B service (WANDB_SERVICE), as a real run wouldn't.
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-
-
-def _kill(proc) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    proc.wait()
-
-
 @pytest.mark.ray
 def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_path):
     overrides = tiny_overrides(small_corpus, **OVERRIDES)
@@ -64,15 +51,17 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
     out = tmp_path / "killed"
     lineages = out / "lineages"
     # Kill 1: mid-training (a step checkpoint exists inside some generation >= 1).
-    proc = _popen(_cmd(out, overrides))
+    proc = popen_study(_cmd(out, overrides))
     assert _wait_for(lambda: any(lineages.glob("*/gen_00[12]/train_state/step_*/step.json")), proc), "never reached mid-training"
-    _kill(proc)
+    kill_session(proc)
     # Kill 2 (on resume): right after some generation-2 unit is committed, mid-study.
-    proc = _popen([sys.executable, "-m", "collapse.launch.cli", "resume", str(out), "--num-cpus", "2"])
+    proc = popen_study([sys.executable, "-m", "collapse.launch.cli", "resume", str(out), "--num-cpus", "2"])
     assert _wait_for(lambda: any(lineages.glob("*/gen_002/DONE")), proc), "never reached generation 2"
-    _kill(proc)
+    kill_session(proc)
     assert len(list(lineages.glob("*/gen_003/DONE"))) < 4  # there was work left to resume
 
     assert main(["resume", str(out), "--local"]) == 0
     got = _strip(read_metrics(out))
     assert got == expected
+    resumed = [json.loads(p.read_text())["resumed_from_step"] for p in lineages.glob("*/gen_*/train.json")]
+    assert max(resumed) > 0  # the first kill landed mid-training: that generation continued from a step checkpoint

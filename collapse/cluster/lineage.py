@@ -84,6 +84,11 @@ class LineageWorker:
                 self.tracker.log(read_json(d / UNIT_METRICS), step=k)
                 mark_done(d, LOGGED)
 
+    def shutdown(self) -> None:
+        """End of the study for this slot: close the lineage and stop its training workers."""
+        self.close()
+        self.ctx.close_workers()
+
     def close(self) -> None:
         if self._tracker is not None:
             self._tracker.finish()

@@ -188,7 +188,7 @@ def _run_local(run: RunDir, cfg: Config, specs, uid: str, board: _Board) -> None
             except Exception:
                 board.failed_lineage(spec.name, traceback.format_exc())
     finally:
-        host.close()
+        host.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,8 +222,10 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
     G, cpu = cfg.study.generations, cfg.resources.cpu
     queue = WorkQueue(run, specs, G)
     work = len(queue.gen0) + len(queue.ready) + sum(len(v) for v in queue.waiting.values())
-    cap = cfg.resources.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // cpu)
-    Actor = ray.remote(LineageWorker).options(num_cpus=cpu, max_restarts=0)
+    # With DeepSpeed the lineage actor only coordinates; its training workers hold the CPUs/GPUs.
+    deepspeed = cfg.train.engine == "deepspeed"
+    cap = cfg.resources.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // (cpu * cfg.train.workers))
+    Actor = ray.remote(LineageWorker).options(num_cpus=0 if deepspeed else cpu, max_restarts=0)
     hosts = {h: Actor.remote(str(run.root), uid) for h in range(min(cap, work))}
     current: dict[int, LineageSpec | None] = {h: None for h in hosts}
     inflight: dict = {}  # ObjectRef -> (host, ("gen0", key) | ("gen", name, k))
@@ -276,6 +278,6 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
             else:
                 board.finished(what[1], what[2], result)
             assign(h)
-    ray.get([hosts[h].close.remote() for h in hosts])
+    ray.get([hosts[h].shutdown.remote() for h in hosts])
     for actor in hosts.values():
         ray.kill(actor)

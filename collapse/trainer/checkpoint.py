@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,3 +109,22 @@ def mark_done(dir_path: str | Path, marker: str, meta: dict[str, Any] | None = N
 
 def is_done(dir_path: str | Path, marker: str) -> bool:
     return (Path(dir_path) / marker).is_file()
+
+
+@contextmanager
+def exclusive(lock_path: str | Path):
+    """Hold an exclusive advisory lock (flock) on `lock_path` for the duration.
+
+    A SIGKILLed driver does not stop Ray workers mid-method: they finish their current call first.
+    A resumed run must not work on the same unit at the same time, so whoever runs a unit holds its
+    lock; the kernel drops it when the holder dies, so a crash never leaves it stuck."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -19,7 +19,8 @@ import yaml
 REGIMES = ("replace", "accumulate", "accumulate-subsample")
 INITS = ("scratch", "previous", "base")
 ARCHS = ("llama", "gpt2")
-ENGINES = ("torch",)
+ENGINES = ("torch", "deepspeed")
+DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 SAMPLE_MODES = ("unconditional", "prompted")
 WANDB_MODES = ("offline", "online", "disabled")
 # Grid keys with a short alias; any other grid key is a dotted config path (e.g. `model.init`).
@@ -79,6 +80,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     engine: str = doc(f"Training engine, one of {list(ENGINES)}.", default="torch")
+    workers: int = doc("Data-parallel training processes per lineage (deepspeed engine; Ray workers).", default=1)
+    deepspeed: str = doc("DeepSpeed config: a name in configs/deepspeed/ (zero0..zero3, *_offload) or a JSON path.", default="zero2")
     epochs: float = doc("Passes over the generation's training set.", default=1.0)
     batch_size: int = doc("Global batch size in sequences.", default=32)
     micro_batch_size: int = doc("Sequences per forward pass (gradient accumulation = batch / micro).", default=32)
@@ -214,6 +217,14 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: `{key}` must be {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
+def resolve_deepspeed_config(name: str) -> Path | None:
+    """A JSON path as given, or a bundled config by name (`zero2` -> configs/deepspeed/zero2.json)."""
+    for candidate in (Path(name), DEEPSPEED_DIR / name, DEEPSPEED_DIR / f"{name}.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"`{key}` {message}")
@@ -256,6 +267,13 @@ def validate(cfg: Config) -> None:
         _check(path.is_dir() and (path / "config.json").exists(), "model.base_path",
                f"must be a local Hugging Face model dir with config.json (not found: {m.base_path})")
     _check(t.engine in ENGINES, "train.engine", f"must be one of {list(ENGINES)} (got {t.engine!r})")
+    _check(t.workers >= 1, "train.workers", "must be >= 1")
+    _check(t.engine == "deepspeed" or t.workers == 1, "train.workers", "> 1 needs `train.engine: deepspeed`")
+    if t.engine == "deepspeed":
+        _check(t.batch_size % (t.micro_batch_size * t.workers) == 0, "train.batch_size",
+               f"must be a multiple of train.micro_batch_size x train.workers ({t.micro_batch_size} x {t.workers})")
+        path = resolve_deepspeed_config(t.deepspeed)
+        _check(path is not None, "train.deepspeed", f"{t.deepspeed!r} is neither a file nor one of {sorted(p.stem for p in DEEPSPEED_DIR.glob('*.json'))}")
     _check(t.epochs > 0, "train.epochs", "must be > 0")
     _check(t.batch_size > 0 and t.micro_batch_size > 0, "train.batch_size", "and train.micro_batch_size must be > 0")
     _check(t.batch_size % t.micro_batch_size == 0, "train.micro_batch_size", f"must divide train.batch_size ({t.batch_size})")

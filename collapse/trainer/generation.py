@@ -26,13 +26,14 @@ import torch
 from ..cluster.manifest import DONE, SHARED_POINTER, UNIT_METRICS, RunDir
 from ..cluster.plan import LineageSpec
 from . import metrics as M
-from .checkpoint import clean_tmp, is_done, mark_done, read_json, write_json_atomic
+from .checkpoint import clean_tmp, exclusive, is_done, mark_done, read_json, write_bytes_atomic, write_json_atomic
 from .config import Config
 from .data import RealData, build_training_set, sequences_per_generation
+from .distributed import DistributedSampler, InitSpec, WorkerGroup
 from .engine import build_engine
 from .evaluation import eval_subset, evaluate_real, reference_rows
 from .metrics import frequency_buckets, sample_metrics
-from .model import WEIGHTS_FILE, build_model, count_parameters, load_model, save_model_dir
+from .model import count_parameters, load_model, save_model_dir
 from .sampling import build_sampler, load_corpus_rows, sample_rows, save_corpus
 from .seeding import derive_seed, seed_everything
 from .tokenizer import load_tokenizer
@@ -43,6 +44,7 @@ CORPUS_DIR = "synthetic"
 CORPUS_DONE = "synthetic.json"
 MODEL_DIR = "model"
 TRAIN_STATE = "train_state"
+TRAIN_ROWS = "train_rows.npy"  # the training set, for DeepSpeed workers (deleted once trained)
 
 
 class StudyContext:
@@ -67,6 +69,20 @@ class StudyContext:
     @cached_property
     def buckets(self) -> np.ndarray:
         return frequency_buckets(self.real.train_token_counts, self.cfg.eval.head_mass, self.cfg.eval.tail_mass)
+
+    def workers(self, n: int, cpu: int) -> WorkerGroup:
+        """The lineage's DeepSpeed worker group, started once and reused across generations."""
+        group = getattr(self, "_workers", None)
+        if group is None or group.n != n:
+            self.close_workers()
+            group = self._workers = WorkerGroup(n, cpu)
+        return group
+
+    def close_workers(self) -> None:
+        group = getattr(self, "_workers", None)
+        if group is not None:
+            group.shutdown()
+            self._workers = None
 
     def corpus_rows(self, lineage: LineageSpec, k: int) -> np.ndarray:
         return load_corpus_rows(self.run.artifacts_dir(lineage.name, lineage.gen0_key, k) / CORPUS_DIR)
@@ -93,13 +109,20 @@ class Unit:
 
 def run_unit(ctx: StudyContext, unit: Unit) -> dict:
     """Run (or finish) one unit and return its metrics row. Idempotent."""
-    spec, k, cfg = unit.spec, unit.generation, unit.spec.config
-    study = ctx.cfg.study
-    out = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k)
+    out = ctx.run.artifacts_dir(unit.spec.name, unit.spec.gen0_key, unit.generation)
     if is_done(out, DONE):
         return read_json(out / UNIT_METRICS)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_tmp(out)
+    with exclusive(out.parent / f".{out.name}.lock"):  # a straggler from a killed run may hold it
+        if is_done(out, DONE):
+            return read_json(out / UNIT_METRICS)
+        out.mkdir(parents=True, exist_ok=True)
+        clean_tmp(out)
+        return _run_stages(ctx, unit, out)
+
+
+def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
+    spec, k, cfg = unit.spec, unit.generation, unit.spec.config
+    study = ctx.cfg.study
     torch.set_num_threads(cfg.resources.cpu)
     seed_everything(study.seed, unit.label, k)  # for any library code drawing from global RNGs
     t0 = time.perf_counter()
@@ -115,9 +138,18 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
             real_seed_parts=(study.seed, spec.seed),
             subsample_seed_parts=(study.seed, unit.label),
         )
-        model, parent = _initial_model(ctx, unit)
-        result = build_engine(cfg.train).fit(model, tset.rows, (study.seed, unit.label, k), out / TRAIN_STATE)
-        sha = save_model_dir(out / MODEL_DIR, model, ctx.tokenizer)
+        init, parent = _init_spec(ctx, unit)
+        seeds = (study.seed, unit.label, k)
+        if cfg.train.engine == "deepspeed":
+            rows_path = out / TRAIN_ROWS
+            write_bytes_atomic(rows_path, _npy_bytes(tset.rows))  # workers mmap it; resume reuses it
+            group = ctx.workers(cfg.train.workers, cfg.resources.cpu)
+            result, sha = group.fit(init, rows_path, cfg.train, seeds, out / TRAIN_STATE, out / MODEL_DIR, ctx.run.tokenizer_dir)
+            model = load_model(out / MODEL_DIR)
+        else:
+            model = init.build()
+            result = build_engine(cfg.train).fit(model, tset.rows, seeds, out / TRAIN_STATE)
+            sha = save_model_dir(out / MODEL_DIR, model, ctx.tokenizer)
         meta = {
             "training_set": tset.summary(cfg.data.seq_len),
             "init": cfg.model.init if k > 0 else ("base" if cfg.model.init == "base" else "scratch"),
@@ -132,6 +164,7 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
         }
         write_json_atomic(out / TRAIN_META, meta)  # last: the train stage is done
         shutil.rmtree(out / TRAIN_STATE, ignore_errors=True)
+        (out / TRAIN_ROWS).unlink(missing_ok=True)
         timing["train_s"] = time.perf_counter() - t
     else:
         model = load_model(out / MODEL_DIR)
@@ -141,7 +174,7 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
     if k < study.generations and unit.corpus_rows > 0 and not is_done(out, CORPUS_DONE):
         t = time.perf_counter()
         rows, prompt_ids, n_prompt, params = sample_rows(
-            model, build_sampler(cfg.sample), unit.corpus_rows, cfg.sample, cfg.data.seq_len,
+            model, _sampler(ctx, cfg, out), unit.corpus_rows, cfg.sample, cfg.data.seq_len,
             ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, unit.label, k, "corpus"),
         )
         save_corpus(out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, train_meta["weights_sha256"][:16])
@@ -153,9 +186,8 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
     real_metrics = evaluate_real(model, ctx.eval_rows, ctx.buckets, cfg.eval.batch_size)
     # Diversity on a fixed-size sample set seeded by (seed, generation) only: lineages with the
     # same seed draw with common random numbers, so their differences are the models'.
-    eval_cfg = cfg.sample
     samples, *_ = sample_rows(
-        model, build_sampler(eval_cfg), cfg.eval.num_samples, eval_cfg, cfg.data.seq_len,
+        model, _sampler(ctx, cfg, out), cfg.eval.num_samples, cfg.sample, cfg.data.seq_len,
         ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, spec.seed, k, "eval-samples"),
     )
     div = sample_metrics(samples, reference_rows(ctx.real.eval, cfg.eval.num_samples))
@@ -195,19 +227,29 @@ def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
     return row
 
 
-def _initial_model(ctx: StudyContext, unit: Unit):
-    """The weights generation k starts from, and where they came from."""
+def _init_spec(ctx: StudyContext, unit: Unit) -> tuple[InitSpec, str]:
+    """Where generation k's weights start, and a description for train.json."""
     spec, k, cfg = unit.spec, unit.generation, unit.spec.config
-    init = cfg.model.init
-    if init == "base":
-        return load_model(cfg.model.base_path), str(cfg.model.base_path)
-    if init == "previous" and k > 0:
+    if cfg.model.init == "base":
+        return InitSpec(path=str(cfg.model.base_path)), str(cfg.model.base_path)
+    if cfg.model.init == "previous" and k > 0:
         parent = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k - 1) / MODEL_DIR
-        return load_model(parent), str(parent.relative_to(ctx.run.root))
+        return InitSpec(path=str(parent)), str(parent.relative_to(ctx.run.root))
     seed = derive_seed(ctx.cfg.study.seed, unit.label, k, "init")
-    model = build_model(cfg.model, len(ctx.tokenizer), cfg.data.seq_len, ctx.tokenizer.eos_token_id, seed)
-    return model, f"scratch(seed={seed})"
+    init = InitSpec(model=cfg.model, vocab_size=len(ctx.tokenizer), seq_len=cfg.data.seq_len, eos_id=ctx.tokenizer.eos_token_id, seed=seed)
+    return init, f"scratch(seed={seed})"
 
 
-def parent_weights(ctx: StudyContext, spec: LineageSpec, k: int) -> Path:
-    return ctx.run.artifacts_dir(spec.name, spec.gen0_key, k) / MODEL_DIR / WEIGHTS_FILE
+def _sampler(ctx: StudyContext, cfg: Config, out: Path):
+    """Data-parallel over the lineage's workers after sharded training; else in this process."""
+    if cfg.train.engine == "deepspeed" and cfg.train.workers > 1:
+        return DistributedSampler(ctx.workers(cfg.train.workers, cfg.resources.cpu), out / MODEL_DIR, cfg.sample.batch_size)
+    return build_sampler(cfg.sample)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()

@@ -46,11 +46,9 @@ class HFSampler:
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def generate(self, model, prompts: np.ndarray, params: SampleParams, seed_parts: tuple, pad_id: int) -> np.ndarray:
-        """prompts: [n, p] token ids (same length p). Returns [n, p + max_new_tokens]."""
-        model.eval()
-        gen_cfg = GenerationConfig(
+    @staticmethod
+    def generation_config(params: SampleParams, pad_id: int) -> GenerationConfig:
+        return GenerationConfig(
             do_sample=True,
             temperature=params.temperature,
             top_k=params.top_k,
@@ -62,18 +60,27 @@ class HFSampler:
             eos_token_id=None,
             pad_token_id=pad_id,
         )
-        out = []
-        n, bs = len(prompts), self.batch_size
-        for b in range(-(-n // bs)):
-            chunk = prompts[b * bs : (b + 1) * bs]
-            if len(chunk) < bs:  # pad to full batch so the random stream doesn't depend on n
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - len(chunk), axis=0)])
-            ids = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.int64))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(*seed_parts, "batch", b))
-                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg)
-            out.append(gen.numpy()[: min(bs, n - b * bs)])
-        return np.concatenate(out).astype(np.int32) if out else np.zeros((0, prompts.shape[1] + params.max_new_tokens), np.int32)
+
+    @torch.no_grad()
+    def generate_batch(self, model, prompts: np.ndarray, b: int, params: SampleParams, seed_parts: tuple, pad_id: int) -> np.ndarray:
+        """Batch b of the stream: rows [b*bs, (b+1)*bs) of `prompts`, seeded by (seed_parts, b)."""
+        model.eval()
+        bs, n = self.batch_size, len(prompts)
+        chunk = prompts[b * bs : (b + 1) * bs]
+        if len(chunk) < bs:  # pad to full batch so the random stream doesn't depend on n
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - len(chunk), axis=0)])
+        device = next(model.parameters()).device
+        ids = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.int64)).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(*seed_parts, "batch", b))
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.generation_config(params, pad_id))
+        return gen.cpu().numpy()[: min(bs, n - b * bs)].astype(np.int32)
+
+    def generate(self, model, prompts: np.ndarray, params: SampleParams, seed_parts: tuple, pad_id: int) -> np.ndarray:
+        """prompts: [n, p] token ids (same length p). Returns [n, p + max_new_tokens]."""
+        n_batches = -(-len(prompts) // self.batch_size)
+        out = [self.generate_batch(model, prompts, b, params, seed_parts, pad_id) for b in range(n_batches)]
+        return np.concatenate(out) if out else np.zeros((0, prompts.shape[1] + params.max_new_tokens), np.int32)
 
 
 def build_sampler(cfg: SampleConfig) -> HFSampler:

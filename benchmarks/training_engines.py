@@ -1,0 +1,125 @@
+"""Training throughput of the engines against a bare PyTorch loop, measured in the same run.
+
+    python -m benchmarks.training_engines [--steps 30] [--d-model 256]
+
+Same model, same global batch, same data for every path. Each path is run for `steps` and for
+`2*steps` steps and the per-step time is the difference divided by `steps`, so process start,
+`deepspeed.initialize`, Ray worker start-up and checkpoint-free teardown cancel out and what remains
+is steady-state tokens/s. Results are printed as ratios to the bare loop and written to
+benchmarks/results/training_engines.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+from collapse.trainer.config import ModelConfig, TrainConfig  # noqa: E402
+from collapse.trainer.distributed import InitSpec, WorkerGroup  # noqa: E402
+from collapse.trainer.engine import TorchEngine, make_optimizer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def bare_loop(init: InitSpec, rows: np.ndarray, cfg: TrainConfig, steps: int) -> float:
+    """The simplest correct loop: no schedule, no clipping, no bookkeeping."""
+    model = init.build()
+    opt = make_optimizer(model, cfg)
+    data = torch.from_numpy(rows.astype(np.int64))
+    t0 = time.perf_counter()
+    for step in range(steps):
+        batch = data[(step * cfg.batch_size) % len(data) :][: cfg.batch_size]
+        for micro in batch.split(cfg.micro_batch_size):
+            loss = model(input_ids=micro, labels=micro).loss / (cfg.batch_size // cfg.micro_batch_size)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def torch_engine(init, rows, cfg, steps, tmp) -> float:
+    model = init.build()
+    c = TrainConfig(**{**cfg.__dict__, "epochs": steps * cfg.batch_size / len(rows)})
+    t0 = time.perf_counter()
+    TorchEngine(c).fit(model, rows, (0, "bench"), Path(tmp) / f"torch{steps}")
+    return time.perf_counter() - t0
+
+
+def deepspeed_engine(group: WorkerGroup, init, rows_path, rows, cfg, steps, tmp) -> float:
+    c = TrainConfig(**{**cfg.__dict__, "engine": "deepspeed", "workers": group.n, "epochs": steps * cfg.batch_size / len(rows)})
+    tag = f"ds{group.n}_{steps}"
+    result, _ = group.fit(init, rows_path, c, (0, "bench"), Path(tmp) / tag, Path(tmp) / f"{tag}_model", Path(tmp) / "tok")
+    return result.seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--stage", default="zero2")
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # each path gets one core per process; the 2-worker path gets two
+
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    vocab = 2048
+    model_cfg = ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.d_model // 64, d_ff=4 * args.d_model)
+    init = InitSpec(model=model_cfg, vocab_size=vocab, seq_len=args.seq_len, eos_id=0, seed=0)
+    params = sum(p.numel() for p in init.build().parameters())
+    rows = np.random.default_rng(0).integers(0, vocab, (args.batch * args.steps * 2, args.seq_len)).astype(np.int32)
+    cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro, lr=1e-3, warmup_steps=1, checkpoint_every=0, deepspeed=args.stage)
+    tokens_per_step = args.batch * args.seq_len
+
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token="<eos>")
+        tok.save_pretrained(str(Path(tmp) / "tok"))
+        rows_path = Path(tmp) / "rows.npy"
+        np.save(rows_path, rows)
+
+        def per_step(fn) -> float:
+            short, long = fn(args.steps), fn(2 * args.steps)
+            return (long - short) / args.steps
+
+        results["bare_pytorch_loop"] = per_step(lambda s: bare_loop(init, rows, cfg, s))
+        results["torch_engine"] = per_step(lambda s: torch_engine(init, rows, cfg, s, tmp))
+        for n in (1, 2):
+            group = WorkerGroup(n, 1)
+            try:
+                results[f"deepspeed_{args.stage}_{n}_worker"] = per_step(lambda s: deepspeed_engine(group, init, rows_path, rows, cfg, s, tmp))
+            finally:
+                group.shutdown()
+    ray.shutdown()
+
+    base = results["bare_pytorch_loop"]
+    table = {k: {"s_per_step": v, "tokens_per_s": tokens_per_step / v, "speed_vs_bare": base / v, "overhead_vs_bare": v / base - 1} for k, v in results.items()}
+    print(f"model {params / 1e6:.2f}M params, global batch {args.batch} x {args.seq_len} tokens, micro {args.micro}, {args.steps} timed steps")
+    print(f"{'path':<32}{'tokens/s':>10}{'x bare':>9}{'overhead':>10}")
+    for k, v in table.items():
+        print(f"{k:<32}{v['tokens_per_s']:>10.0f}{v['speed_vs_bare']:>9.2f}{v['overhead_vs_bare']:>+10.1%}")
+    RESULTS.mkdir(exist_ok=True)
+    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+           "config": vars(args) | {"params": params}, "results": table}
+    (RESULTS / "training_engines.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
