@@ -146,7 +146,7 @@ def test_readme_config_reference_is_current():
     from collapse.trainer.config import reference_markdown
 
     readme = (CONFIGS.parent / "README.md").read_text()
-    assert reference_markdown() in readme, "regenerate the README table with collapse.trainer.config.reference_markdown()"
+    assert reference_markdown() in readme, "run: python scripts/update_readme_config.py"
 
 
 def test_readme_quickstart_matches_ci():

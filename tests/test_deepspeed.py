@@ -74,10 +74,10 @@ def test_two_worker_zero_matches_single_process(ray_session, setup, stage):
 
 def test_data_parallel_sampling_equals_single_process(ray_session, setup):
     root, tok, rows, *_ = setup
-    cfg = SampleConfig(batch_size=8)
+    cfg = SampleConfig(batch_size=8, backend="hf")
     group = WorkerGroup(2, 1)
     try:
-        dp = DistributedSampler(group, root / "ref_model", 8)
+        dp = DistributedSampler(group, root / "ref_model", cfg)
         got, *_ = sample_rows(None, dp, 28, cfg, 32, tok.eos_token_id, rows, ("dp", 1))
     finally:
         group.shutdown()

@@ -36,6 +36,16 @@ def test_reproducible_and_seed_dependent(setup):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_eos_is_an_ordinary_token(setup):
+    """Rows never stop at EOS, and EOS is not suppressed either (it marks document boundaries)."""
+    tok, model, pool = setup
+    # Near-uniform over 300 types: 4096 seeded draws contain EOS unless it is masked out.
+    cfg = SampleConfig(batch_size=128, backend="hf", temperature=50.0)
+    rows, *_ = sample_rows(model, HFSampler(128), 128, cfg, 32, tok.eos_token_id, pool, ("eos",))
+    assert rows.shape == (128, 32)
+    assert (rows == tok.eos_token_id).sum() >= 3
+
+
 def test_prefix_stable_across_corpus_sizes(setup):
     small, *_ = _rows(setup, 5)
     large, *_ = _rows(setup, 20)

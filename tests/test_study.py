@@ -100,3 +100,28 @@ def test_failed_lineage_does_not_stop_the_study(ray_session, small_corpus, tmp_p
     assert len(read_metrics(out)) == 4
     assert not (run.lineage_dir("c1.00-replace-s0") / "FAILED.json").exists()
     assert {r[M.GENERATION] for r in read_metrics(out)} == {0, 1}
+
+
+def test_base_init_fine_tunes_a_local_hf_model_each_generation(small_corpus, tmp_path):
+    """`model.init: base`: every generation starts from the same local HF model dir and uses its
+    tokenizer (here a small randomly initialised Llama saved with a tokenizer of its own)."""
+    from collapse.trainer.config import ModelConfig
+    from collapse.trainer.corpus import load_documents
+    from collapse.trainer.model import build_model, save_model_dir
+    from collapse.trainer.tokenizer import train_bpe
+
+    docs = load_documents(str(small_corpus))
+    tok = train_bpe([d.text for d in docs[:3]], 280)  # the base model's own, different tokenizer
+    base = tmp_path / "base"
+    sha = save_model_dir(base, build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64), len(tok), 64, tok.eos_token_id, 5), tok)
+    out = tmp_path / "run"
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [1.0], "study.generations": 2, "model.init": "base",
+                                                "model.base_path": str(base), "tracking.wandb": "disabled"})
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + _args(overrides)) == 0
+    assert json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"] == json.loads((base / "tokenizer.json").read_text())["model"]["vocab"]
+    for k in (1, 2):
+        meta = json.loads((out / "lineages" / "c1.00-replace-s0" / f"gen_{k:03d}" / "train.json").read_text())
+        assert meta["init"] == "base" and meta["init_from"] == str(base)
+    gen0 = json.loads(next((out / "shared").glob("*/gen_000/train.json")).read_text())
+    assert gen0["init"] == "base" and gen0["weights_sha256"] != sha  # generation 0 fine-tuned the base
+    assert len(read_metrics(out)) == 3

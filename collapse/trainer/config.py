@@ -22,6 +22,7 @@ ARCHS = ("llama", "gpt2")
 ENGINES = ("torch", "deepspeed")
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 SAMPLE_MODES = ("unconditional", "prompted")
+SAMPLERS = ("fast", "hf")
 WANDB_MODES = ("offline", "online", "disabled")
 # Grid keys with a short alias; any other grid key is a dotted config path (e.g. `model.init`).
 GRID_ALIASES = {"contamination": "contamination", "regime": "regime", "seed": "seed"}
@@ -95,7 +96,8 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    backend: str = doc("Sampler backend (`hf`: transformers generate with KV cache).", default="hf")
+    backend: str = doc("`fast`: static-KV-cache sampler (Llama; greedy identical to generate), `hf`: transformers generate.", default="fast")
+    compile: bool = doc("torch.compile the fast sampler's decode step (pays off on GPUs and long runs).", default=False)
     mode: str = doc(f"One of {list(SAMPLE_MODES)}: start from a document boundary or a real prompt prefix.", default="unconditional")
     prompt_tokens: int = doc("Real prefix length for prompted sampling (rest of seq_len is generated).", default=16)
     temperature: float = doc("Sampling temperature (1.0 = the model's distribution).", default=1.0)
@@ -280,7 +282,7 @@ def validate(cfg: Config) -> None:
     _check(t.lr > 0, "train.lr", "must be > 0")
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
     _check(t.warmup_steps >= 0 and t.checkpoint_every >= 0, "train.warmup_steps", "and train.checkpoint_every must be >= 0")
-    _check(sm.backend == "hf", "sample.backend", f"must be `hf` (got {sm.backend!r})")
+    _check(sm.backend in SAMPLERS, "sample.backend", f"must be one of {list(SAMPLERS)} (got {sm.backend!r})")
     _check(sm.mode in SAMPLE_MODES, "sample.mode", f"must be one of {list(SAMPLE_MODES)} (got {sm.mode!r})")
     _check(0 < sm.prompt_tokens < d.seq_len, "sample.prompt_tokens", f"must be in (0, data.seq_len={d.seq_len})")
     _check(sm.temperature > 0, "sample.temperature", "must be > 0 (use a small value for near-greedy)")

@@ -97,13 +97,13 @@ class TrainWorker:
         self._barrier()
         return result, sha
 
-    def sample(self, model_dir: str, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int, batch_size: int, batches: list[int]):
+    def sample(self, model_dir: str, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int, sample_cfg, batches: list[int]):
         """Generate the given batches (same per-batch seeds as the single-process sampler)."""
         from .model import load_model
-        from .sampling import HFSampler
+        from .sampling import build_sampler
 
         model = load_model(model_dir).to("cuda" if torch.cuda.is_available() else "cpu")
-        sampler = HFSampler(batch_size)
+        sampler = build_sampler(sample_cfg)
         return {b: sampler.generate_batch(model, prompts, b, params, seed_parts, pad_id) for b in batches}
 
     def _barrier(self) -> None:
@@ -157,15 +157,15 @@ class WorkerGroup:
         results = self._call("fit", init, str(rows_path), cfg, seed_parts, str(ckpt_root), str(model_dir), str(tokenizer_dir))
         return results[0]  # rank 0: the loss curve and the weights' sha256
 
-    def sample_batches(self, model_dir: Path, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int, batch_size: int) -> np.ndarray:
-        n_batches = -(-len(prompts) // batch_size)
+    def sample_batches(self, model_dir: Path, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int, sample_cfg) -> np.ndarray:
+        n_batches = -(-len(prompts) // sample_cfg.batch_size)
         shards = [list(range(r, n_batches, self.n)) for r in range(self.n)]  # round-robin by batch
         if self.remote:
             import ray
 
-            parts = ray.get([w.sample.remote(str(model_dir), prompts, params, seed_parts, pad_id, batch_size, s) for w, s in zip(self.workers, shards)])
+            parts = ray.get([w.sample.remote(str(model_dir), prompts, params, seed_parts, pad_id, sample_cfg, s) for w, s in zip(self.workers, shards)])
         else:
-            parts = [self.workers[0].sample(str(model_dir), prompts, params, seed_parts, pad_id, batch_size, shards[0])]
+            parts = [self.workers[0].sample(str(model_dir), prompts, params, seed_parts, pad_id, sample_cfg, shards[0])]
         merged = {b: rows for part in parts for b, rows in part.items()}
         return np.concatenate([merged[b] for b in range(n_batches)])
 
@@ -185,8 +185,8 @@ class DistributedSampler:
     """The sampler interface over a worker group: batches are spread round-robin over ranks and
     merged in order; per-batch seeds make the corpus identical to single-process sampling."""
 
-    def __init__(self, group: WorkerGroup, model_dir: Path, batch_size: int):
-        self.group, self.model_dir, self.batch_size = group, model_dir, batch_size
+    def __init__(self, group: WorkerGroup, model_dir: Path, sample_cfg):
+        self.group, self.model_dir, self.cfg = group, model_dir, sample_cfg
 
     def generate(self, model, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int) -> np.ndarray:
-        return self.group.sample_batches(self.model_dir, prompts, params, seed_parts, pad_id, self.batch_size)
+        return self.group.sample_batches(self.model_dir, prompts, params, seed_parts, pad_id, self.cfg)

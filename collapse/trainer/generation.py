@@ -243,7 +243,7 @@ def _init_spec(ctx: StudyContext, unit: Unit) -> tuple[InitSpec, str]:
 def _sampler(ctx: StudyContext, cfg: Config, out: Path):
     """Data-parallel over the lineage's workers after sharded training; else in this process."""
     if cfg.train.engine == "deepspeed" and cfg.train.workers > 1:
-        return DistributedSampler(ctx.workers(cfg.train.workers, cfg.resources.cpu), out / MODEL_DIR, cfg.sample.batch_size)
+        return DistributedSampler(ctx.workers(cfg.train.workers, cfg.resources.cpu), out / MODEL_DIR, cfg.sample)
     return build_sampler(cfg.sample)
 
 

@@ -54,9 +54,6 @@ class HFSampler:
             top_k=params.top_k,
             top_p=params.top_p,
             max_new_tokens=params.max_new_tokens,
-            min_new_tokens=params.max_new_tokens,
-            # EOS is an ordinary token here (a document boundary inside a chunk, as in training
-            # data): never stop at it, and never suppress it, so every row has the same length.
             eos_token_id=None,
             pad_token_id=pad_id,
         )
@@ -71,9 +68,20 @@ class HFSampler:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - len(chunk), axis=0)])
         device = next(model.parameters()).device
         ids = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.int64)).to(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(*seed_parts, "batch", b))
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.generation_config(params, pad_id))
+        # EOS is an ordinary token here (a document boundary inside a chunk, as in the training
+        # data): never stop at it and never suppress it. `generate` fills an unset eos_token_id in
+        # from the model's generation config (and `min_new_tokens` would then mask EOS out at every
+        # step), so the model's own EOS is switched off for the call instead.
+        saved = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = None
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(*seed_parts, "batch", b))
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.generation_config(params, pad_id))
+        finally:
+            model.generation_config.eos_token_id = saved
+        if gen.shape[1] != ids.shape[1] + params.max_new_tokens:
+            raise RuntimeError(f"generate stopped early ({gen.shape[1] - ids.shape[1]} of {params.max_new_tokens} tokens)")
         return gen.cpu().numpy()[: min(bs, n - b * bs)].astype(np.int32)
 
     def generate(self, model, prompts: np.ndarray, params: SampleParams, seed_parts: tuple, pad_id: int) -> np.ndarray:
@@ -83,7 +91,11 @@ class HFSampler:
         return np.concatenate(out) if out else np.zeros((0, prompts.shape[1] + params.max_new_tokens), np.int32)
 
 
-def build_sampler(cfg: SampleConfig) -> HFSampler:
+def build_sampler(cfg: SampleConfig):
+    if cfg.backend == "fast":
+        from .fast_sampler import FastSampler
+
+        return FastSampler(cfg.batch_size, compile=cfg.compile)
     return HFSampler(cfg.batch_size)
 
 

@@ -1,0 +1,19 @@
+"""Regenerate the README's configuration reference from the config dataclasses (field docs).
+
+    python scripts/update_readme_config.py
+
+tests/test_config.py::test_readme_config_reference_is_current fails until this has been run after
+a config field changed.
+"""
+
+from pathlib import Path
+
+from collapse.trainer.config import reference_markdown
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "| key | default | meaning |", "\n\nShipped configs:"
+
+text = README.read_text()
+begin, end = text.index(START), text.index(END)
+README.write_text(text[:begin] + reference_markdown() + text[end:])
+print(f"updated the configuration reference in {README}")
