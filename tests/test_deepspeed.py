@@ -111,3 +111,14 @@ def test_sigkill_mid_training_two_workers_resumes_from_step_checkpoint(small_cor
     assert meta["resumed_from_step"] >= checkpointed > 0  # continued from a step checkpoint, not from step 0
     got = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(out)]
     assert got == expected
+
+
+def test_one_worker_deepspeed_is_bit_identical_to_the_torch_engine(ray_session, setup):
+    root, tok, rows, init, ref = setup
+    cfg = TrainConfig(**{**TRAIN.__dict__, "workers": 1, "deepspeed": "zero2"})
+    group = WorkerGroup(1, 1)
+    try:
+        result, _ = group.fit(init, root / "rows.npy", cfg, (0, "eq"), root / "one_ckpt", root / "one_model", root / "tok")
+    finally:
+        group.shutdown()
+    assert result.losses == ref.losses

@@ -225,7 +225,8 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
     # With DeepSpeed the lineage actor only coordinates; its training workers hold the CPUs/GPUs.
     deepspeed = cfg.train.engine == "deepspeed"
     cap = cfg.resources.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // (cpu * cfg.train.workers))
-    Actor = ray.remote(LineageWorker).options(num_cpus=0 if deepspeed else cpu, max_restarts=0)
+    gpu = 0 if deepspeed else cfg.resources.gpu
+    Actor = ray.remote(LineageWorker).options(num_cpus=0 if deepspeed else cpu, num_gpus=gpu, max_restarts=0)
     hosts = {h: Actor.remote(str(run.root), uid) for h in range(min(cap, work))}
     current: dict[int, LineageSpec | None] = {h: None for h in hosts}
     inflight: dict = {}  # ObjectRef -> (host, ("gen0", key) | ("gen", name, k))

@@ -116,7 +116,8 @@ class EvalConfig:
 
 @dataclass
 class ResourcesConfig:
-    cpu: int = doc("CPUs (and torch threads) per lineage actor.", default=1)
+    cpu: int = doc("CPUs (and torch threads) per lineage actor, or per training worker with deepspeed.", default=1)
+    gpu: int = doc("GPUs per lineage actor (torch engine) or per training worker (deepspeed); 0 = CPU.", default=0)
     max_concurrent: int = doc("Lineages running at once (0 = as many as the CPUs allow).", default=0)
 
 
@@ -293,6 +294,7 @@ def validate(cfg: Config) -> None:
     _check(0 < e.head_mass < 1 and 0 < e.tail_mass < 1 and e.head_mass + e.tail_mass <= 1, "eval.head_mass",
            "and eval.tail_mass must be in (0, 1) and sum to <= 1")
     _check(cfg.resources.cpu >= 1, "resources.cpu", "must be >= 1")
+    _check(cfg.resources.gpu in (0, 1), "resources.gpu", "must be 0 or 1 (one GPU per process; use train.workers for more)")
     _check(cfg.resources.max_concurrent >= 0, "resources.max_concurrent", "must be >= 0")
     _check(cfg.tracking.wandb in WANDB_MODES, "tracking.wandb", f"must be one of {list(WANDB_MODES)}")
     if d.source != "austen":

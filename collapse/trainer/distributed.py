@@ -121,7 +121,7 @@ class TrainWorker:
 
 
 class WorkerGroup:
-    def __init__(self, workers: int, cpu_per_worker: int):
+    def __init__(self, workers: int, cpu_per_worker: int, gpu_per_worker: int = 0):
         self.n = workers
         try:
             import ray
@@ -139,8 +139,9 @@ class WorkerGroup:
         import ray
 
         self.remote = True
-        gpus = 1 if torch.cuda.is_available() else 0
-        Actor = ray.remote(TrainWorker).options(num_cpus=cpu_per_worker, num_gpus=gpus)
+        # GPUs come from config, not from this process's view: the lineage actor that builds the
+        # group usually holds none itself.
+        Actor = ray.remote(TrainWorker).options(num_cpus=cpu_per_worker, num_gpus=gpu_per_worker)
         self.workers = [Actor.remote(r, workers, cpu_per_worker) for r in range(workers)]
         addr, port = ray.get(self.workers[0].address.remote())
         ray.get([w.setup.remote(addr, port) for w in self.workers])

@@ -75,8 +75,17 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+def make_accelerator():
+    """Device placement and mixed precision for the single-process engine: the visible GPU with
+    bf16 autocast where it supports bf16, else the CPU in fp32 (where the loop is unchanged)."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+
+
 class TorchEngine:
-    """Single-process engine (`train.engine: torch`)."""
+    """Single-process engine (`train.engine: torch`), placed and cast by accelerate."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -85,7 +94,8 @@ class TorchEngine:
         cfg, t0 = self.cfg, time.perf_counter()
         n_rows = len(rows)
         steps = total_steps(n_rows, cfg)
-        optimizer = make_optimizer(model, cfg)
+        accelerator = make_accelerator()
+        model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg))
         start, losses = self._restore(model, optimizer, ckpt_root)
         if start:
             log.info("resuming training at step %d/%d from %s", start, steps, ckpt_root)
@@ -95,20 +105,21 @@ class TorchEngine:
         for step in range(start, steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps, cfg)
-            batch = data[batch_indices(step, n_rows, cfg.batch_size, seed_parts)]
+            batch = data[batch_indices(step, n_rows, cfg.batch_size, seed_parts)].to(accelerator.device)
             step_loss = 0.0
             for micro in batch.split(cfg.micro_batch_size):
-                loss = model(input_ids=micro, labels=micro).loss / accum
-                loss.backward()
+                with accelerator.autocast():
+                    loss = model(input_ids=micro, labels=micro).loss / accum
+                accelerator.backward(loss)
                 step_loss += loss.item()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 self._save(model, optimizer, step + 1, losses, ckpt_root)
-        model.eval()
+        accelerator.unwrap_model(model).eval()
         return TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
 
     # -- step checkpoints: model + optimizer + step + loss history; step.json last ---------------

@@ -12,12 +12,13 @@ from . import metrics as M
 def token_nll(model, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """Per-token NLL (nats) of rows[:, 1:] given the prefix: [n, seq_len - 1]."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(rows), batch_size):
-        ids = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size], dtype=np.int64))
+        ids = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size], dtype=np.int64)).to(device)
         logits = model(input_ids=ids).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        out.append(nll.numpy())
+        out.append(nll.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, rows.shape[1] - 1))
 
 

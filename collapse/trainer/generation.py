@@ -70,12 +70,12 @@ class StudyContext:
     def buckets(self) -> np.ndarray:
         return frequency_buckets(self.real.train_token_counts, self.cfg.eval.head_mass, self.cfg.eval.tail_mass)
 
-    def workers(self, n: int, cpu: int) -> WorkerGroup:
+    def workers(self, n: int, cpu: int, gpu: int = 0) -> WorkerGroup:
         """The lineage's DeepSpeed worker group, started once and reused across generations."""
         group = getattr(self, "_workers", None)
         if group is None or group.n != n:
             self.close_workers()
-            group = self._workers = WorkerGroup(n, cpu)
+            group = self._workers = WorkerGroup(n, cpu, gpu)
         return group
 
     def close_workers(self) -> None:
@@ -143,7 +143,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
         if cfg.train.engine == "deepspeed":
             rows_path = out / TRAIN_ROWS
             write_bytes_atomic(rows_path, _npy_bytes(tset.rows))  # workers mmap it; resume reuses it
-            group = ctx.workers(cfg.train.workers, cfg.resources.cpu)
+            group = ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu)
             result, sha = group.fit(init, rows_path, cfg.train, seeds, out / TRAIN_STATE, out / MODEL_DIR, ctx.run.tokenizer_dir)
             model = load_model(out / MODEL_DIR)
         else:
@@ -243,7 +243,7 @@ def _init_spec(ctx: StudyContext, unit: Unit) -> tuple[InitSpec, str]:
 def _sampler(ctx: StudyContext, cfg: Config, out: Path):
     """Data-parallel over the lineage's workers after sharded training; else in this process."""
     if cfg.train.engine == "deepspeed" and cfg.train.workers > 1:
-        return DistributedSampler(ctx.workers(cfg.train.workers, cfg.resources.cpu), out / MODEL_DIR, cfg.sample)
+        return DistributedSampler(ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu), out / MODEL_DIR, cfg.sample)
     return build_sampler(cfg.sample)
 
 
