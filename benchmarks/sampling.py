@@ -10,21 +10,15 @@ benchmarks/results/sampling.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from benchmarks.common import write_results
 from collapse.trainer.fast_sampler import FastSampler
 from collapse.trainer.sampling import HFSampler, SampleParams
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 @torch.no_grad()
 def plain_kv_loop(model, prompts: np.ndarray, new: int, seed: int) -> np.ndarray:
@@ -79,10 +73,7 @@ def main() -> None:
     print(f"{'path':<24}{'tokens/s':>10}{'x generate':>12}")
     for k, v in table.items():
         print(f"{k:<24}{v['tokens_per_s']:>10.0f}{v['x_generate']:>12.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
-           "config": vars(args) | {"params": params}, "results": table}
-    (RESULTS / "sampling.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_results("sampling", vars(args) | {"params": params}, table)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ benchmarks/results/training_engines.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +22,10 @@ import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
+from benchmarks.common import write_results  # noqa: E402
 from collapse.trainer.config import ModelConfig, TrainConfig  # noqa: E402
 from collapse.trainer.distributed import InitSpec, WorkerGroup  # noqa: E402
 from collapse.trainer.engine import TorchEngine, make_optimizer  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def bare_loop(init: InitSpec, rows: np.ndarray, cfg: TrainConfig, steps: int) -> float:
     """The simplest correct loop: no schedule, no clipping, no bookkeeping."""
@@ -115,10 +111,7 @@ def main() -> None:
     print(f"{'path':<32}{'tokens/s':>10}{'x bare':>9}{'overhead':>10}")
     for k, v in table.items():
         print(f"{k:<32}{v['tokens_per_s']:>10.0f}{v['speed_vs_bare']:>9.2f}{v['overhead_vs_bare']:>+10.1%}")
-    RESULTS.mkdir(exist_ok=True)
-    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
-           "config": vars(args) | {"params": params}, "results": table}
-    (RESULTS / "training_engines.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_results("training_engines", vars(args) | {"params": params}, table)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse.trainer.corpus import Document, load_documents, split_documents
+from collapse.trainer.corpus import load_documents, split_documents
 from collapse.trainer.data import REAL, RealData, build_training_set, draw_rows, synthetic_source, tokenize_to_chunks
 from collapse.trainer.tokenizer import train_bpe
 

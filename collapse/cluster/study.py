@@ -12,15 +12,14 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..trainer.checkpoint import clean_tmp, is_done, write_dir_atomic
+from ..trainer.checkpoint import is_done, write_dir_atomic
 from ..trainer.config import Config, ConfigError
 from ..trainer.corpus import load_documents, split_documents
-from ..trainer.data import prepare_real_data, sequences_per_generation
+from ..trainer.data import RealData, prepare_real_data, sequences_per_generation
 from ..trainer.tokenizer import load_tokenizer, train_bpe
 from .lineage import LineageWorker
 from .manifest import DONE, RunDir
@@ -49,8 +48,6 @@ def prepare(run: RunDir, cfg: Config) -> None:
         tokenizer = train_bpe([d.text for d in splits["train"]], cfg.data.vocab_size)
     write_dir_atomic(run.tokenizer_dir, lambda d: tokenizer.save_pretrained(str(d)))
     prepare_real_data(run.data_dir, tokenizer, splits, cfg.data.seq_len)
-    from ..trainer.data import RealData
-
     real = RealData.load(run.data_dir)
     if len(real.eval) == 0:
         raise ConfigError(f"data.source {cfg.data.source}: the eval split has no full sequence of data.seq_len tokens; raise data.eval_fraction")
@@ -105,20 +102,18 @@ def run_study(run: RunDir, local: bool = False, address: str | None = None, num_
     cfg = run.load_config()
     manifest = run.manifest()
     t0 = time.perf_counter()
-    clean_tmp(run.root / "lineages")
-    clean_tmp(run.root / "shared")
-    prepare(run, cfg)
+    prepare(run, cfg)  # leftovers of interrupted writes are cleaned per unit, under its lock
     specs = expand(cfg)
     for s in specs:
         run.clear_failed(s.name)
     with _progress() as progress:
-        tracker = _Board(run, specs, cfg.study.generations, progress)
+        board = _Board(run, specs, cfg.study.generations, progress)
         if local:
-            _run_local(run, cfg, specs, manifest["uid"], tracker)
+            _run_local(run, cfg, specs, manifest["uid"], board)
         else:
-            _run_ray(run, cfg, specs, manifest["uid"], tracker, address, num_cpus, dashboard)
+            _run_ray(run, cfg, specs, manifest["uid"], board, address, num_cpus, dashboard)
     rows = run.write_metrics([s.name for s in specs], cfg.study.generations)
-    return StudyResult(rows, tracker.failed, time.perf_counter() - t0)
+    return StudyResult(rows, board.failed, time.perf_counter() - t0)
 
 
 class WorkQueue:
@@ -153,9 +148,6 @@ class WorkQueue:
 
     def gen0_failed(self, key: str) -> list[LineageSpec]:
         return self.waiting.pop(key)
-
-    def pending(self) -> bool:
-        return bool(self.gen0 or self.ready or self.waiting)
 
 
 # ------------------------------------------------------------------------------------------------

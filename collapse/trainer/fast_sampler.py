@@ -144,7 +144,7 @@ class FastSampler:
 
             self._fallback = self._fallback or HFSampler(self.batch_size)
             return self._fallback.generate_batch(model, prompts, b, params, seed_parts, pad_id)
-        bs, n = self.batch_size, len(prompts)
+        bs = self.batch_size
         chunk = prompts[b * bs : (b + 1) * bs]
         real = len(chunk)
         if real < bs:  # full batches: the random stream does not depend on n
