@@ -27,6 +27,24 @@ from collapse.trainer.config import ModelConfig, TrainConfig  # noqa: E402
 from collapse.trainer.distributed import InitSpec, WorkerGroup  # noqa: E402
 from collapse.trainer.engine import TorchEngine, make_optimizer  # noqa: E402
 
+def matmul_peak_flops(n: int = 1024, reps: int = 20) -> float:
+    """fp32 GEMM FLOP/s of one thread on this machine, measured now (the MFU denominator)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def model_flops_per_token(model_cfg: ModelConfig, vocab: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x (matmul parameters, incl. the LM head) + attention scores
+    (12 x layers x d_model x seq_len), as in the PaLM / Chinchilla accounting."""
+    d, L, ff = model_cfg.d_model, model_cfg.n_layers, model_cfg.d_ff
+    matmul_params = L * (4 * d * d + 3 * d * ff) + d * vocab
+    return 6 * matmul_params + 12 * L * d * seq_len
+
+
 def bare_loop(init: InitSpec, rows: np.ndarray, cfg: TrainConfig, steps: int) -> float:
     """The simplest correct loop: no schedule, no clipping, no bookkeeping."""
     model = init.build()
@@ -106,12 +124,19 @@ def main() -> None:
     ray.shutdown()
 
     base = results["bare_pytorch_loop"]
-    table = {k: {"s_per_step": v, "tokens_per_s": tokens_per_step / v, "speed_vs_bare": base / v, "overhead_vs_bare": v / base - 1} for k, v in results.items()}
+    peak = matmul_peak_flops()
+    flops = model_flops_per_token(model_cfg, vocab, args.seq_len)
+    table = {}
+    for k, v in results.items():
+        cores = 2 if k.endswith("_2_worker") else 1
+        tps = tokens_per_step / v
+        table[k] = {"s_per_step": v, "tokens_per_s": tps, "speed_vs_bare": base / v, "overhead_vs_bare": v / base - 1, "mfu": tps * flops / (peak * cores)}
     print(f"model {params / 1e6:.2f}M params, global batch {args.batch} x {args.seq_len} tokens, micro {args.micro}, {args.steps} timed steps")
-    print(f"{'path':<32}{'tokens/s':>10}{'x bare':>9}{'overhead':>10}")
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s per core (fp32, measured now); {flops / 1e6:.1f} MFLOP per trained token")
+    print(f"{'path':<32}{'tokens/s':>10}{'x bare':>9}{'overhead':>10}{'MFU':>8}")
     for k, v in table.items():
-        print(f"{k:<32}{v['tokens_per_s']:>10.0f}{v['speed_vs_bare']:>9.2f}{v['overhead_vs_bare']:>+10.1%}")
-    write_results("training_engines", vars(args) | {"params": params}, table)
+        print(f"{k:<32}{v['tokens_per_s']:>10.0f}{v['speed_vs_bare']:>9.2f}{v['overhead_vs_bare']:>+10.1%}{v['mfu']:>8.1%}")
+    write_results("training_engines", vars(args) | {"params": params, "matmul_peak_flops_per_core": peak, "flops_per_token": flops}, table)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import datasets
 import pytest
 
-from collapse.cluster.manifest import MANIFEST_FILE, read_metrics
+from collapse.cluster.manifest import MANIFEST_FILE, RunDir, read_metrics
 from collapse.launch.cli import main
 from collapse.trainer import metrics as M
 from collapse.trainer.tracking import wandb_run_id
@@ -66,6 +66,8 @@ def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
         assert list(p.glob("run-*.wandb")) and (p / "run-" f"{p.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
 
     # outputs other tools read
+    session = RunDir(out).sessions()[-1]
+    assert session["mode"] == "ray" and session["slots"] == 2 and session["seconds"] > 0 and session["failed"] == []
     assert (out / "collapse_curves.png").stat().st_size > 10_000
     report = (out / "report.md").read_text()
     assert "c1.00" not in report or "replace" in report
@@ -80,7 +82,6 @@ def test_failed_lineage_does_not_stop_the_study(ray_session, small_corpus, tmp_p
     """A lineage whose generation raises is marked failed with its error; the others finish."""
     out = tmp_path / "run"
     overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1})
-    from collapse.cluster.manifest import RunDir
     from collapse.trainer.config import load_config
 
     cfg = load_config(CONFIGS / "smoke.yaml", overrides)

@@ -23,6 +23,7 @@ from ..trainer.config import Config, ConfigError, dump_config, load_config
 STUDY_FILE = "study.yaml"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.jsonl"
+SESSIONS_FILE = "sessions.jsonl"  # one line per run/resume: start, seconds, mode, slots
 DONE = "DONE"
 FAILED = "FAILED.json"
 UNIT_METRICS = "metrics.json"
@@ -104,6 +105,15 @@ class RunDir:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
         write_text_atomic(self.root / METRICS_FILE, text)
         return rows
+
+    def log_session(self, entry: dict) -> None:
+        path = self.root / SESSIONS_FILE
+        old = path.read_text() if path.is_file() else ""
+        write_text_atomic(path, old + json.dumps(entry, sort_keys=True) + "\n")
+
+    def sessions(self) -> list[dict]:
+        path = self.root / SESSIONS_FILE
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
     def mark_failed(self, lineage: str, error: str) -> None:
         write_json_atomic(self.lineage_dir(lineage) / FAILED, {"error": error, "time": time.time()})

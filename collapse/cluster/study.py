@@ -106,14 +106,17 @@ def run_study(run: RunDir, local: bool = False, address: str | None = None, num_
     specs = expand(cfg)
     for s in specs:
         run.clear_failed(s.name)
+    started = time.time()
     with _progress() as progress:
         board = _Board(run, specs, cfg.study.generations, progress)
         if local:
-            _run_local(run, cfg, specs, manifest["uid"], board)
+            slots = _run_local(run, cfg, specs, manifest["uid"], board)
         else:
-            _run_ray(run, cfg, specs, manifest["uid"], board, address, num_cpus, dashboard)
+            slots = _run_ray(run, cfg, specs, manifest["uid"], board, address, num_cpus, dashboard)
     rows = run.write_metrics([s.name for s in specs], cfg.study.generations)
-    return StudyResult(rows, board.failed, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    run.log_session({"started": started, "seconds": seconds, "mode": "local" if local else "ray", "slots": slots, "failed": sorted(board.failed)})
+    return StudyResult(rows, board.failed, seconds)
 
 
 class WorkQueue:
@@ -154,7 +157,7 @@ class WorkQueue:
 # In-process: the same queue, one slot (pdb-friendly, same code paths as the actors)
 
 
-def _run_local(run: RunDir, cfg: Config, specs, uid: str, board: _Board) -> None:
+def _run_local(run: RunDir, cfg: Config, specs, uid: str, board: _Board) -> int:
     G = cfg.study.generations
     queue = WorkQueue(run, specs, G)
     host = LineageWorker(str(run.root), uid, log_to_file=False)
@@ -181,6 +184,7 @@ def _run_local(run: RunDir, cfg: Config, specs, uid: str, board: _Board) -> None
                 board.failed_lineage(spec.name, traceback.format_exc())
     finally:
         host.shutdown()
+    return 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,7 +210,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 1024**2, **kwargs)
 
 
-def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, num_cpus, dashboard) -> None:
+def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, num_cpus, dashboard) -> int:
     import ray
     from ray.exceptions import RayActorError
 
@@ -274,3 +278,4 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
     ray.get([hosts[h].shutdown.remote() for h in hosts])
     for actor in hosts.values():
         ray.kill(actor)
+    return len(hosts)

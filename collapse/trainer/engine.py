@@ -6,6 +6,7 @@ epoch, so a run resumed from step s reads exactly the batches the uninterrupted 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -45,13 +46,19 @@ def total_steps(n_rows: int, cfg: TrainConfig) -> int:
     return max(1, math.ceil(cfg.epochs * n_rows / cfg.batch_size))
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed_parts: tuple, epoch: int, n_rows: int) -> np.ndarray:
+    # Cached: derived once per epoch, not re-derived (hash + permutation) at every step.
+    return numpy_rng(*seed_parts, "order", epoch).permutation(n_rows)
+
+
 def batch_indices(step: int, n_rows: int, batch_size: int, seed_parts: tuple) -> np.ndarray:
     """Row indices of the global batch at `step`: epoch e walks a permutation seeded by (seed, e)."""
     start = step * batch_size
     out = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n_rows)
-        perm = numpy_rng(*seed_parts, "order", epoch).permutation(n_rows)
+        perm = _epoch_order(tuple(seed_parts), epoch, n_rows)
         out.extend(perm[offset : offset + batch_size - len(out)].tolist())
     return np.asarray(out)
 

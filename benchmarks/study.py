@@ -1,0 +1,65 @@
+"""Where a study's wall time goes: train / sample / eval / orchestration (and idle slots).
+
+    python -m benchmarks.study                          # runs configs/debug.yaml into a temp dir
+    python -m benchmarks.study --run-dir runs/debug     # analyses a finished run
+
+Slot-seconds = wall time x parallel slots (lineage actors). Train, sample and eval are the sums of
+every generation's timing.json (the shared generation 0 counted once); the rest of the
+slot-seconds is orchestration and idle: process and Ray start-up, tokenization, model loading,
+W&B, metric files, and slots waiting for work at the end of the study. The next bottleneck is the
+biggest row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import write_results
+from collapse.cluster.manifest import RunDir
+
+STAGES = ("train_s", "sample_s", "eval_s")
+
+
+def analyse(run_dir: Path) -> dict:
+    session = RunDir(run_dir).sessions()[-1]
+    slot_seconds = session["seconds"] * session["slots"]
+    sums = dict.fromkeys(STAGES, 0.0)
+    units = 0
+    for path in list(run_dir.glob("lineages/*/gen_*/timing.json")) + list(run_dir.glob("shared/*/gen_000/timing.json")):
+        timing = json.loads(path.read_text())
+        units += 1
+        for key in STAGES:
+            sums[key] += timing.get(key, 0.0)
+    rows = {key[:-2]: value for key, value in sums.items()}
+    rows["orchestration_and_idle"] = slot_seconds - sum(sums.values())
+    return {"wall_s": session["seconds"], "slots": session["slots"], "units": units, "slot_seconds": slot_seconds,
+            "split": {k: {"seconds": v, "share": v / slot_seconds} for k, v in rows.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/debug.yaml")
+    ap.add_argument("--run-dir", default=None, help="analyse this finished run instead of running the config")
+    args = ap.parse_args()
+    if args.run_dir:
+        result = analyse(Path(args.run_dir))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            subprocess.run([sys.executable, "-m", "collapse", "run", args.config, "--out", str(out), "--set", "tracking.wandb=disabled"],
+                           check=True, stdout=subprocess.DEVNULL)
+            result = analyse(out)
+    print(f"wall {result['wall_s']:.0f}s x {result['slots']} slots = {result['slot_seconds']:.0f} slot-seconds, {result['units']} generation units")
+    print(f"{'stage':<26}{'seconds':>9}{'share':>8}")
+    for k, v in result["split"].items():
+        print(f"{k:<26}{v['seconds']:>9.1f}{v['share']:>8.1%}")
+    write_results("study", vars(args), result)
+
+
+if __name__ == "__main__":
+    main()
