@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import datasets
 import pytest
@@ -126,3 +127,28 @@ def test_base_init_fine_tunes_a_local_hf_model_each_generation(small_corpus, tmp
     gen0 = json.loads(next((out / "shared").glob("*/gen_000/train.json")).read_text())
     assert gen0["init"] == "base" and gen0["weights_sha256"] != sha  # generation 0 fine-tuned the base
     assert len(read_metrics(out)) == 3
+
+
+@pytest.mark.ray
+def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
+    """`--address`: the driver joins a running cluster (a head and a worker node, one CPU each,
+    so the two lineage actors land on different nodes) instead of starting its own Ray."""
+    import subprocess
+    import sys
+
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    out = tmp_path / "run"
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1, "tracking.wandb": "disabled"})
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "collapse", "run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--address", cluster.address] + _args(overrides),
+            capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+        )
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(read_metrics(out)) == 4
+    assert RunDir(out).sessions()[-1]["slots"] == 2  # one lineage slot per node's CPU
