@@ -42,7 +42,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd fast sampler")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -57,13 +56,10 @@ def main() -> None:
         "plain_kv_cache_loop": lambda: plain_kv_loop(model, prompts, args.new, 0),
         "fast_sampler": lambda: FastSampler(args.batch).generate(model, prompts, sp, ("b",), 0),
     }
-    if args.compile:
-        compiled = FastSampler(args.batch, compile=True)
-        paths["fast_sampler_compiled"] = lambda: compiled.generate(model, prompts, sp, ("b",), 0)
     tokens = args.batch * args.new
     seconds = {}
     for name, fn in paths.items():
-        fn()  # warm-up (allocator, kernels, compile)
+        fn()  # warm-up (allocator, kernels)
         t0 = time.perf_counter()
         fn()
         seconds[name] = time.perf_counter() - t0

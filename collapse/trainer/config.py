@@ -97,7 +97,6 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     backend: str = doc("`fast`: static-KV-cache sampler (Llama; greedy identical to generate), `hf`: transformers generate.", default="fast")
-    compile: bool = doc("torch.compile the fast sampler's decode step (pays off on GPUs and long runs).", default=False)
     mode: str = doc(f"One of {list(SAMPLE_MODES)}: start from a document boundary or a real prompt prefix.", default="unconditional")
     prompt_tokens: int = doc("Real prefix length for prompted sampling (rest of seq_len is generated).", default=16)
     temperature: float = doc("Sampling temperature (1.0 = the model's distribution).", default=1.0)

@@ -6,8 +6,9 @@ model's own weights through a minimal forward with
   * a static KV cache preallocated once per batch ([layers, batch, kv_heads, max_len, head_dim]),
   * prompts bucketed by length (rows of one batch share a length, so no padding or masks),
   * temperature / top-k / top-p and the draw on the device, from a per-batch torch.Generator,
-  * early removal of finished rows when stopping at EOS (the batch shrinks, the cache is compacted),
-  * an optional `torch.compile` of the decode step.
+  * early removal of finished rows when stopping at EOS (the batch shrinks, the cache is compacted).
+(`torch.compile` of this decode step is not offered: it slices the cache at a growing position,
+so dynamo recompiles every step; measured 7x slower. A compiled path needs a static-shape decode.)
 Greedy decoding is token-for-token identical to `generate` (tested); sampling is reproducible for a
 seed but draws a different stream than `generate`. Architectures other than Llama fall back to the
 Hugging Face sampler.
@@ -41,7 +42,7 @@ def supports(model) -> bool:
 class LlamaDecoder:
     """The forward of a HF LlamaForCausalLM, reading its weights in place, with a static KV cache."""
 
-    def __init__(self, model, compile: bool = False):
+    def __init__(self, model):
         cfg = model.config
         self.model = model.eval()
         self.n_heads = cfg.num_attention_heads
@@ -55,7 +56,7 @@ class LlamaDecoder:
         self.layers = model.model.layers
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.step = torch.compile(self._forward, dynamic=True) if compile else self._forward
+        self.step = self._forward
 
     def _rms(self, x, weight):
         var = x.float().pow(2).mean(-1, keepdim=True)
@@ -126,15 +127,15 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gre
 class FastSampler:
     """Same interface as HFSampler (`generate_batch`, `generate`)."""
 
-    def __init__(self, batch_size: int, compile: bool = False, greedy: bool = False, stop_at_eos: bool = False):
-        self.batch_size, self.compile, self.greedy, self.stop_at_eos = batch_size, compile, greedy, stop_at_eos
+    def __init__(self, batch_size: int, greedy: bool = False, stop_at_eos: bool = False):
+        self.batch_size, self.greedy, self.stop_at_eos = batch_size, greedy, stop_at_eos
         self._decoders: dict[int, LlamaDecoder] = {}
         self._fallback = None
 
     def _decoder(self, model) -> LlamaDecoder:
         key = id(model)
         if key not in self._decoders:
-            self._decoders = {key: LlamaDecoder(model, self.compile)}  # one model at a time
+            self._decoders = {key: LlamaDecoder(model)}  # one model at a time
         return self._decoders[key]
 
     @torch.no_grad()
