@@ -24,8 +24,14 @@ DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 SAMPLE_MODES = ("unconditional", "prompted")
 SAMPLERS = ("fast", "hf")
 WANDB_MODES = ("offline", "online", "disabled")
-# Grid keys with a short alias; any other grid key is a dotted config path (e.g. `model.init`).
-GRID_ALIASES = {"contamination": "contamination", "regime": "regime", "seed": "seed"}
+# Keys that define what a study shares, built once from the study-level config: the tokenized real
+# pools and tokenizer, the eval subset and frequency buckets, the actors' resources, the tracker.
+# A grid axis over one of them would be silently ignored for some lineages, so it is refused.
+STUDY_WIDE = (
+    "data.source", "data.text_field", "data.eval_fraction", "data.prompt_fraction", "data.seq_len",
+    "data.vocab_size", "data.eval_sequences", "eval.head_mass", "eval.tail_mass", "model.base_path",
+    "train.engine", "train.workers",
+)
 
 
 class ConfigError(ValueError):
@@ -246,7 +252,8 @@ def validate(cfg: Config) -> None:
     _check(len(g.seed) > 0, "grid.seed", "must list at least one seed")
     for key, values in g.extra.items():
         _check(isinstance(values, list) and len(values) > 0, f"grid.extra.{key}", "must be a non-empty list")
-        _check(key.split(".")[0] not in ("grid", "study"), f"grid.extra.{key}", "cannot vary study or grid keys")
+        _check(key.split(".")[0] not in ("grid", "study", "resources", "tracking"), f"grid.extra.{key}", "cannot vary study, grid, resources or tracking keys")
+        _check(key not in STUDY_WIDE, f"grid.extra.{key}", "is shared by the whole study (tokenized data, eval set, resources); run one study per value instead")
         try:
             cfg.get(key)
         except AttributeError:
