@@ -142,7 +142,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
         seeds = (study.seed, unit.label, k)
         if cfg.train.engine == "deepspeed":
             rows_path = out / TRAIN_ROWS
-            write_bytes_atomic(rows_path, _npy_bytes(tset.rows))  # workers mmap it; resume reuses it
+            write_bytes_atomic(rows_path, _npy_bytes(tset.rows))  # the workers mmap it (a resume rebuilds the same set)
             group = ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu)
             result, sha = group.fit(init, rows_path, cfg.train, seeds, out / TRAIN_STATE, out / MODEL_DIR, ctx.run.tokenizer_dir)
             model = load_model(out / MODEL_DIR)
