@@ -152,3 +152,27 @@ def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(read_metrics(out)) == 4
     assert RunDir(out).sessions()[-1]["slots"] == 2  # one lineage slot per node's CPU
+
+
+def test_status_grid_reports_done_running_failed_queued(small_corpus, tmp_path, capsys):
+    """`collapse status`: states come from markers and from live locks (a held unit lock = running)."""
+    from collapse.launch.status import snapshot
+    from collapse.trainer.checkpoint import exclusive
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 2, "tracking.wandb": "disabled"})
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + _args(overrides)) == 0
+    run = RunDir(out)
+    # Pretend: c=1 lost its generation 2 and is running it again; c=0 failed at generation 2.
+    for name in ("c1.00-replace-s0", "c0.00-replace-s0"):
+        (run.unit_dir(name, 2) / "DONE").unlink()
+    run.mark_failed("c0.00-replace-s0", "boom")
+    with exclusive(run.lineage_dir("c1.00-replace-s0") / ".gen_002.lock"):
+        snap = snapshot(out)
+        assert main(["status", str(out)]) == 0
+    assert snap.states[("c1.00-replace-s0", 2)] == "running"
+    assert snap.states[("c0.00-replace-s0", 2)] == "failed"
+    assert snap.states[("c1.00-replace-s0", 1)] == "done" and snap.eta_s is not None
+    text = capsys.readouterr().out
+    assert "running" in text and "failed" in text and "4/6 done" in text
+    assert snapshot(out).states[("c1.00-replace-s0", 2)] == "queued"  # lock released: nobody runs it

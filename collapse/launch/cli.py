@@ -1,4 +1,4 @@
-"""`collapse run|resume|report|validate`.
+"""`collapse run|resume|report|status|validate`.
 
 Exit codes: 0 success; 1 some lineage failed (the rest of the study is kept); 2 bad config,
 override or path (one message naming the key/file and the fix, no traceback); 130 interrupted.
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_exec_args(p)
     p = sub.add_parser("report", help="print the table and rewrite the plot and report.md")
     p.add_argument("dir")
+    p = sub.add_parser("status", help="lineage x generation grid: done / running / failed / queued, with ETA")
+    p.add_argument("dir")
+    p.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS until the study ends")
     p = sub.add_parser("validate", help="check a config without running it")
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -113,6 +116,16 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_status(args) -> int:
+    from .status import show
+
+    try:
+        show(args.dir, args.watch)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def cmd_validate(args) -> int:
     from ..cluster.plan import expand, gen0_groups
 
@@ -125,7 +138,7 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "validate": cmd_validate}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "status": cmd_status, "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:
