@@ -48,7 +48,22 @@ def curves(rows: list[dict], key: str) -> dict[tuple[str, float], dict[int, list
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def real_reference(root: Path) -> dict[str, float]:
+    """The sample metrics of held-out real text, on as many sequences as each generation samples:
+    where a collapse-free model's samples would sit in the diversity panels."""
+    import numpy as np
+
+    from ..trainer.evaluation import reference_rows
+    from ..trainer.metrics import sample_metrics
+
+    eval_pool = root / "data" / "eval.npy"
+    if not eval_pool.is_file():
+        return {}
+    ref = reference_rows(np.load(eval_pool, mmap_mode="r"), RunDir(root).load_config().eval.num_samples)
+    return sample_metrics(ref, ref)
+
+
+def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None) -> None:
     import io
 
     import matplotlib
@@ -74,6 +89,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.plot(gens, mean, marker="o", ms=3, color=color, label=f"c={c:g}")
                 if any(len(series[g]) > 1 for g in gens):  # band over seeds / other axes
                     ax.fill_between(gens, [min(series[g]) for g in gens], [max(series[g]) for g in gens], color=color, alpha=0.15)
+            if reference and key in reference:
+                ax.axhline(reference[key], color="grey", linestyle="--", linewidth=1, label="real text")
             if i == 0:
                 ax.set_title(f"regime: {regime}")
             if j == 0:
@@ -82,7 +99,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.set_xlabel("generation")
             ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, title="contamination", title_fontsize=7)
-    fig.suptitle("Model collapse across generations (lines: mean over seeds; bands: min-max)")
+    fig.suptitle("Model collapse across generations (lines: mean over seeds; bands: min-max; dashed: real text)")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -105,7 +122,7 @@ def effect_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(rows: list[dict], study_name: str, failed: dict[str, str]) -> str:
+def markdown(rows: list[dict], study_name: str, failed: dict[str, str], reference: dict[str, float] | None = None) -> str:
     lines = [f"# Study `{study_name}`", "", f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.", ""]
     lines += ["## Change from first to last generation (mean over seeds)", ""]
     header = "| regime | c | gens | " + " | ".join(k for k, _, _ in M.PLOTTED) + " |"
@@ -117,6 +134,9 @@ def markdown(rows: list[dict], study_name: str, failed: dict[str, str]) -> str:
             rel = (b - a) / abs(a) * 100 if a else float("nan")
             cells.append(f"{a:.3g} → {b:.3g} ({rel:+.1f}%)")
         lines.append(f"| {e['regime']} | {e['contamination']:g} | {e['first']}→{e['last']} | " + " | ".join(cells) + " |")
+    if reference:
+        lines += ["", "Held-out real text, same number of sequences as each generation samples: "
+                  + ", ".join(f"{k} {v:.3g}" for k, v in reference.items()) + "."]
     lines += ["", f"![collapse curves]({PLOT_FILE})", "", "## All rows", ""]
     lines += ["| lineage | gen | " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * (2 + len(TABLE_KEYS))]
     for r in rows:
@@ -130,7 +150,8 @@ def write_report(root: str | Path, failed: dict[str, str] | None = None) -> list
     root = Path(root)
     rows = read_metrics(root)
     name = RunDir(root).load_config().study.name
+    reference = real_reference(root)
     if rows:
-        plot(rows, root / PLOT_FILE)
-    write_text_atomic(root / REPORT_FILE, markdown(rows, name, failed or {}))
+        plot(rows, root / PLOT_FILE, reference)
+    write_text_atomic(root / REPORT_FILE, markdown(rows, name, failed or {}, reference))
     return rows
