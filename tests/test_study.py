@@ -158,7 +158,7 @@ def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
 def test_status_grid_reports_done_running_failed_queued(small_corpus, tmp_path, capsys):
     """`collapse status`: states come from markers and from live locks (a held unit lock = running)."""
     from collapse.launch.status import snapshot
-    from collapse.trainer.checkpoint import exclusive
+    from collapse.trainer.checkpoint import exclusive, lock_path
 
     out = tmp_path / "run"
     overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 2, "tracking.wandb": "disabled"})
@@ -168,7 +168,8 @@ def test_status_grid_reports_done_running_failed_queued(small_corpus, tmp_path, 
     for name in ("c1.00-replace-s0", "c0.00-replace-s0"):
         (run.unit_dir(name, 2) / "DONE").unlink()
     run.mark_failed("c0.00-replace-s0", "boom")
-    with exclusive(run.lineage_dir("c1.00-replace-s0") / ".gen_002.lock"):
+    assert lock_path(run.unit_dir("c1.00-replace-s0", 2)) == run.lineage_dir("c1.00-replace-s0") / ".gen_002.lock"
+    with exclusive(lock_path(run.unit_dir("c1.00-replace-s0", 2))):
         snap = snapshot(out)
         assert main(["status", str(out)]) == 0
     assert snap.states[("c1.00-replace-s0", 2)] == "running"

@@ -229,8 +229,8 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
 
     def assign(h: int) -> None:
         spec = current[h]
-        if spec is not None and _next_generation(run, spec, G) <= G:
-            k = _next_generation(run, spec, G)
+        k = _next_generation(run, spec, G) if spec is not None else G + 1
+        if k <= G:
             board.started(spec.name, k)
             inflight[hosts[h].run_generation.remote(k)] = (h, ("gen", spec.name, k))
             return

@@ -7,7 +7,6 @@ lineage has a FAILED.json and this is the generation that failed; queued otherwi
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from rich.text import Text
 from ..cluster.manifest import DONE, FAILED, UNIT_METRICS, RunDir
 from ..cluster.plan import expand
 from ..trainer import metrics as M
+from ..trainer.checkpoint import is_locked, lock_path
 
 DONE_S, RUNNING, FAILED_S, QUEUED = "done", "running", "failed", "queued"
 STYLE = {DONE_S: "green", RUNNING: "yellow", FAILED_S: "red", QUEUED: "dim"}
@@ -38,18 +38,6 @@ class Snapshot:
         return sum(1 for s in self.states.values() if s == state)
 
 
-def _locked(lock: Path) -> bool:
-    if not lock.exists():
-        return False
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return False
-
-
 def snapshot(root: str | Path) -> Snapshot:
     run = RunDir(root)
     cfg = run.load_config()
@@ -64,7 +52,7 @@ def snapshot(root: str | Path) -> Snapshot:
             if (unit / DONE).is_file():
                 states[(spec.name, k)] = DONE_S
                 rows[(spec.name, k)] = json.loads((unit / UNIT_METRICS).read_text())
-            elif _locked(shared.parent / f".{shared.name}.lock"):
+            elif is_locked(lock_path(shared)):
                 states[(spec.name, k)] = RUNNING
                 first_missing = False
             elif failed and first_missing:

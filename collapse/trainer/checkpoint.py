@@ -111,6 +111,28 @@ def is_done(dir_path: str | Path, marker: str) -> bool:
     return (Path(dir_path) / marker).is_file()
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file that guards the unit (or other dir) at `path`: `.NAME.lock` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def is_locked(lock: str | Path) -> bool:
+    """Whether some live process holds `lock` (a non-blocking probe; never waits)."""
+    import fcntl
+
+    lock = Path(lock)
+    if not lock.exists():
+        return False
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
 @contextmanager
 def exclusive(lock_path: str | Path):
     """Hold an exclusive advisory lock (flock) on `lock_path` for the duration.

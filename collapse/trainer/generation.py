@@ -26,7 +26,7 @@ import torch
 from ..cluster.manifest import DONE, SHARED_POINTER, UNIT_METRICS, RunDir
 from ..cluster.plan import LineageSpec
 from . import metrics as M
-from .checkpoint import clean_tmp, exclusive, is_done, mark_done, read_json, write_bytes_atomic, write_json_atomic
+from .checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, write_bytes_atomic, write_json_atomic
 from .config import Config
 from .data import RealData, build_training_set, sequences_per_generation
 from .distributed import DistributedSampler, InitSpec, WorkerGroup
@@ -112,7 +112,7 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
     out = ctx.run.artifacts_dir(unit.spec.name, unit.spec.gen0_key, unit.generation)
     if is_done(out, DONE):
         return read_json(out / UNIT_METRICS)
-    with exclusive(out.parent / f".{out.name}.lock"):  # a straggler from a killed run may hold it
+    with exclusive(lock_path(out)):  # a straggler from a killed run may hold it
         if is_done(out, DONE):
             return read_json(out / UNIT_METRICS)
         out.mkdir(parents=True, exist_ok=True)
