@@ -69,18 +69,24 @@ def write_dir_atomic(path: str | Path, fill: Callable[[Path], Any]) -> Any:
     tmp.mkdir()
     try:
         result = fill(tmp)
-        fsync_tree(tmp)
-        if path.exists():
-            # Rename the stale copy away first so that `path` is never half old, half new.
-            trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def replace_dir(tmp: str | Path, path: str | Path) -> None:
+    """Move the complete directory `tmp` to `path`: fsync its files first, then rename any stale
+    copy away so that `path` is never half old, half new."""
+    tmp, path = Path(tmp), Path(path)
+    fsync_tree(tmp)
+    if path.exists():
+        trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def clean_tmp(root: str | Path) -> None:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import read_json, write_json_atomic
+from .checkpoint import read_json, replace_dir, write_json_atomic
 from .config import TrainConfig, resolve_deepspeed_config
 from .engine import STEP_DIR, STEP_DONE, TrainResult, batch_indices, lr_at, make_optimizer, total_steps
 
@@ -92,7 +90,8 @@ class DeepSpeedEngine:
                 self._save(engine, step + 1, losses, ckpt_root, rank)
         state = self._consolidate(engine, rank, ds_cfg)
         result = TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
-        engine.destroy() if hasattr(engine, "destroy") else None
+        if hasattr(engine, "destroy"):  # frees DeepSpeed's hooks and buffers (newer releases)
+            engine.destroy()
         return result, state
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -108,12 +107,8 @@ class DeepSpeedEngine:
         _barrier()
         if rank == 0:
             write_json_atomic(tmp / STEP_DONE, {"step": step, "losses": losses, "engine": "deepspeed"})
-            trash = None
-            if final.exists():
-                trash = root / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(final, trash)
-            os.replace(tmp, final)
-            for old in list(root.glob("step_*")) + ([trash] if trash else []):
+            replace_dir(tmp, final)  # every rank's shards are fsynced before the checkpoint appears
+            for old in root.glob("step_*"):
                 if old.name != final.name:
                     shutil.rmtree(old, ignore_errors=True)
         _barrier()
