@@ -99,12 +99,21 @@ class TrainWorker:
 
     def sample(self, model_dir: str, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int, sample_cfg, batches: list[int]):
         """Generate the given batches (same per-batch seeds as the single-process sampler)."""
-        from .model import load_model
         from .sampling import build_sampler
 
-        model = load_model(model_dir).to("cuda" if torch.cuda.is_available() else "cpu")
+        model = self._sampling_model(model_dir)
         sampler = build_sampler(sample_cfg)
         return {b: sampler.generate_batch(model, prompts, b, params, seed_parts, pad_id) for b in batches}
+
+    def _sampling_model(self, model_dir: str):
+        """The model to sample from, loaded once per model dir: a generation samples its corpus
+        and then its evaluation set from the same weights."""
+        from .model import WEIGHTS_FILE, load_model
+
+        key = (model_dir, (Path(model_dir) / WEIGHTS_FILE).stat().st_mtime_ns)
+        if getattr(self, "_sampling_key", None) != key:
+            self._sampling_key, self._sampling = key, load_model(model_dir).to("cuda" if torch.cuda.is_available() else "cpu")
+        return self._sampling
 
     def _barrier(self) -> None:
         import torch.distributed as dist
