@@ -43,7 +43,7 @@ def tiny_overrides(corpus: Path, **extra) -> list[str]:
         "data.source": str(corpus), "data.tokens_per_generation": 2048, "data.seq_len": 32,
         "data.eval_sequences": 48, "data.vocab_size": 300, "study.generations": 2,
         "eval.num_samples": 16, "sample.batch_size": 32, "train.batch_size": 16, "train.micro_batch_size": 8,
-        "train.checkpoint_every": 2, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.d_ff": 64,
+        "train.checkpoint_every": 2, "eval.embeddings": False, "eval.bootstrap": 20, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.d_ff": 64,
     }
     base.update(extra)
     return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in base.items()]

@@ -66,8 +66,9 @@ def test_two_worker_zero_matches_single_process(ray_session, setup, stage):
     np.testing.assert_allclose(result.losses, ref.losses, rtol=RTOL)
     # the consolidated fp32 weights reload as an HF model and evaluate the same
     buckets = frequency_buckets(np.bincount(rows.reshape(-1), minlength=len(tok)), 0.5, 0.1)
-    a = evaluate_real(load_model(root / "ref_model"), rows[:64], buckets, 32)
-    b = evaluate_real(load_model(root / f"{stage}_model"), rows[:64], buckets, 32)
+    rare = np.zeros((64, rows.shape[1] - 1), bool)
+    a = evaluate_real(load_model(root / "ref_model"), rows[:64], buckets, rare, 32, 10, 0, np.random.default_rng(0))
+    b = evaluate_real(load_model(root / f"{stage}_model"), rows[:64], buckets, rare, 32, 10, 0, np.random.default_rng(0))
     assert b["ppl_real"] == pytest.approx(a["ppl_real"], rel=RTOL)
     assert len(sha) == 64
 

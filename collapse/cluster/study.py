@@ -37,7 +37,13 @@ class StudyResult:
 
 
 def prepare(run: RunDir, cfg: Config) -> None:
-    """Tokenizer and tokenized real pools, once per study (idempotent)."""
+    """Tokenizer and tokenized real pools (or a theory family's true samples), once per study (idempotent)."""
+    if cfg.model.family != "lm":
+        if not (run.data_dir / "stats.json").is_file():
+            from ..trainer.theory import prepare_theory_data
+
+            prepare_theory_data(run.data_dir, cfg)
+        return
     if (run.data_dir / "stats.json").is_file() and (run.tokenizer_dir / "tokenizer.json").is_file():
         return
     docs = load_documents(cfg.data.source, cfg.data.text_field)
@@ -71,7 +77,10 @@ def _next_generation(run: RunDir, spec: LineageSpec, generations: int) -> int:
 
 
 def _fmt_row(row: dict) -> str:
-    return f"ppl_real {row.get('ppl_real', float('nan')):.1f}  p99 {row.get('ppl_real_p99', float('nan')):.1f}"
+    from ..launch.report import panels
+
+    keys = [k for k, _, _ in panels([row])][:2]
+    return "  ".join(f"{k} {row.get(k, float('nan')):.4g}" for k in keys)
 
 
 class _Board:

@@ -21,6 +21,24 @@ SHORT = {M.PPL_REAL: "ppl", M.PPL_REAL_P99: "ppl p99", M.LOSS_TAIL: "tail loss",
          M.UNIGRAM_ENTROPY: "entropy", M.SYNTHETIC_FRACTION: "synth", M.TRAIN_TOKENS: "tokens"}
 
 
+def panels(rows: list[dict]) -> tuple[tuple[str, str, bool], ...]:
+    """The plotted metrics: a language model's, or the theory family's the rows come from."""
+    if not rows or any(M.PPL_REAL in r for r in rows):
+        return M.PLOTTED
+    from ..trainer.families import FAMILIES
+
+    for family in FAMILIES.values():
+        if any(family.plotted[0][0] in r for r in rows):
+            return family.plotted
+    return M.PLOTTED
+
+
+def table_keys(rows: list[dict]) -> tuple[str, ...]:
+    if not rows or any(M.PPL_REAL in r for r in rows):
+        return TABLE_KEYS
+    return tuple(k for k, _, _ in panels(rows)) + (M.SYNTHETIC_FRACTION, M.TRAIN_ROWS)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
@@ -33,10 +51,11 @@ def print_table(rows: list[dict], console: Console | None = None) -> None:
     table = Table(title="collapse: lineage x generation", show_lines=False)
     table.add_column("lineage", no_wrap=True)
     table.add_column("gen", justify="right", min_width=3)
-    for key in TABLE_KEYS:
-        table.add_column(SHORT[key], justify="right", no_wrap=True)
+    keys = table_keys(rows)
+    for key in keys:
+        table.add_column(SHORT.get(key, key), justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(r[M.LINEAGE], str(r[M.GENERATION]), *(_fmt(r.get(k, float("nan"))) for k in TABLE_KEYS))
+        table.add_row(r[M.LINEAGE], str(r[M.GENERATION]), *(_fmt(r.get(k, float("nan"))) for k in keys))
     console.print(table)
 
 
@@ -44,7 +63,7 @@ def curves(rows: list[dict], key: str) -> dict[tuple[str, float], dict[int, list
     """(regime, contamination) -> generation -> values over seeds (and other grid axes)."""
     out: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        out[(r[M.REGIME], r[M.CONTAMINATION])][r[M.GENERATION]].append(r[key])
+        out[(r[M.REGIME], r[M.CONTAMINATION])][r[M.GENERATION]].append(r.get(key, float("nan")))
     return out
 
 
@@ -57,10 +76,20 @@ def real_reference(root: Path) -> dict[str, float]:
     from ..trainer.metrics import sample_metrics
 
     eval_pool = root / "data" / "eval.npy"
-    if not eval_pool.is_file():
+    if not eval_pool.is_file() or RunDir(root).load_config().model.family != "lm":
         return {}
     ref = reference_rows(np.load(eval_pool, mmap_mode="r"), RunDir(root).load_config().eval.num_samples)
-    return sample_metrics(ref, ref)
+    eos = _eos_id(root)
+    return sample_metrics(ref, ref, eos)
+
+
+def _eos_id(root: Path) -> int | None:
+    tok_dir = RunDir(root).tokenizer_dir
+    if not (tok_dir / "tokenizer.json").is_file():
+        return None
+    from ..trainer.tokenizer import load_tokenizer
+
+    return load_tokenizer(tok_dir).eos_token_id
 
 
 def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None) -> None:
@@ -73,10 +102,11 @@ def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None
 
     regimes = sorted({r[M.REGIME] for r in rows})
     cs = sorted({r[M.CONTAMINATION] for r in rows})
+    plotted = panels(rows)
     cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(len(M.PLOTTED), len(regimes), figsize=(4.2 * len(regimes), 2.6 * len(M.PLOTTED)), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(plotted), len(regimes), figsize=(4.2 * len(regimes), 2.6 * len(plotted)), squeeze=False, sharex=True)
     for j, regime in enumerate(regimes):
-        for i, (key, label, _) in enumerate(M.PLOTTED):
+        for i, (key, label, _) in enumerate(plotted):
             ax = axes[i][j]
             data = curves(rows, key)
             for c in cs:
@@ -95,7 +125,7 @@ def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None
                 ax.set_title(f"regime: {regime}")
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-            if i == len(M.PLOTTED) - 1:
+            if i == len(plotted) - 1:
                 ax.set_xlabel("generation")
             ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, title="contamination", title_fontsize=7)
@@ -110,11 +140,12 @@ def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None
 def effect_table(rows: list[dict]) -> list[dict]:
     """Per (regime, contamination): metric at the first and last generation, and the change."""
     out = []
-    for (regime, c), series in sorted(curves(rows, M.PPL_REAL).items()):
+    plotted = panels(rows)
+    for (regime, c), series in sorted(curves(rows, plotted[0][0]).items()):
         gens = sorted(series)
         first, last = gens[0], gens[-1]
         entry = {"regime": regime, "contamination": c, "first": first, "last": last}
-        for key, _, _ in M.PLOTTED:
+        for key, _, _ in plotted:
             s = curves(rows, key)[(regime, c)]
             a, b = sum(s[first]) / len(s[first]), sum(s[last]) / len(s[last])
             entry[key] = (a, b)
@@ -122,14 +153,40 @@ def effect_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+# Metrics the early-warning table compares: those with intervals (present ones are shown).
+DETECTION_KEYS = M.WITH_CI
+
+
+def early_warning(rows: list[dict]) -> tuple[list[tuple[str, float]], dict[str, dict[tuple[str, float], str]]]:
+    """metric -> (regime, c) -> "median first-detection generation (detected/lineages)" over the
+    seeds and other axes of each contaminated cell (c > 0)."""
+    from ..trainer.stats import first_detection
+
+    cells = sorted({(r[M.REGIME], r[M.CONTAMINATION]) for r in rows if r[M.CONTAMINATION] > 0})
+    lineage_cell = {r[M.LINEAGE]: (r[M.REGIME], r[M.CONTAMINATION]) for r in rows}
+    table: dict[str, dict] = {}
+    for key in DETECTION_KEYS:
+        if not any(key in r for r in rows):
+            continue
+        found = first_detection(rows, key)
+        table[key] = {}
+        for cell in cells:
+            gens = [found[name] for name, c in lineage_cell.items() if c == cell]
+            hits = sorted(g for g in gens if g is not None)
+            median = hits[len(hits) // 2] if hits else None
+            table[key][cell] = f"{median if median is not None else '—'} ({len(hits)}/{len(gens)})"
+    return cells, table
+
+
 def markdown(rows: list[dict], study_name: str, failed: dict[str, str], reference: dict[str, float] | None = None) -> str:
     lines = [f"# Study `{study_name}`", "", f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.", ""]
     lines += ["## Change from first to last generation (mean over seeds)", ""]
-    header = "| regime | c | gens | " + " | ".join(k for k, _, _ in M.PLOTTED) + " |"
-    lines += [header, "|" + "---|" * (3 + len(M.PLOTTED))]
+    plotted = panels(rows)
+    header = "| regime | c | gens | " + " | ".join(k for k, _, _ in plotted) + " |"
+    lines += [header, "|" + "---|" * (3 + len(plotted))]
     for e in effect_table(rows):
         cells = []
-        for key, _, _ in M.PLOTTED:
+        for key, _, _ in plotted:
             a, b = e[key]
             rel = (b - a) / abs(a) * 100 if a else float("nan")
             cells.append(f"{a:.3g} → {b:.3g} ({rel:+.1f}%)")
@@ -137,10 +194,20 @@ def markdown(rows: list[dict], study_name: str, failed: dict[str, str], referenc
     if reference:
         lines += ["", "Held-out real text, same number of sequences as each generation samples: "
                   + ", ".join(f"{k} {v:.3g}" for k, v in reference.items()) + "."]
+    cells, warn = early_warning(rows)
+    if cells and warn:
+        lines += ["", "## Early warning: generation of first detection", "",
+                  "First generation whose 95% interval lies entirely on the collapse side of the c = 0 control's interval "
+                  "at the same generation (same regime and seed; the lineage's own generation 0 where there is no control). "
+                  "Median over lineages of the cell; (detected / lineages); — = never.", ""]
+        lines += ["| metric | " + " | ".join(f"{r} c={c:g}" for r, c in cells) + " |", "|" + "---|" * (1 + len(cells))]
+        for key, by_cell in warn.items():
+            lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in cells) + " |")
     lines += ["", f"![collapse curves]({PLOT_FILE})", "", "## All rows", ""]
-    lines += ["| lineage | gen | " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * (2 + len(TABLE_KEYS))]
+    keys = table_keys(rows)
+    lines += ["| lineage | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]
     for r in rows:
-        lines.append(f"| {r[M.LINEAGE]} | {r[M.GENERATION]} | " + " | ".join(_fmt(r.get(k, float('nan'))) for k in TABLE_KEYS) + " |")
+        lines.append(f"| {r[M.LINEAGE]} | {r[M.GENERATION]} | " + " | ".join(_fmt(r.get(k, float('nan'))) for k in keys) + " |")
     if failed:
         lines += ["", "## Failed lineages", ""] + [f"- `{k}`: {v.splitlines()[-1] if v else ''}" for k, v in failed.items()]
     return "\n".join(lines) + "\n"

@@ -71,6 +71,9 @@ def snapshot(root: str | Path) -> Snapshot:
 
 
 def render(snap: Snapshot, study: str) -> Group:
+    from .report import panels
+
+    shown = panels(list(snap.rows.values()))[0][0]  # ppl_real, or a theory family's first metric
     table = Table(title=f"collapse status: {study}")
     table.add_column("lineage", no_wrap=True)
     for k in range(snap.generations + 1):
@@ -79,14 +82,14 @@ def render(snap: Snapshot, study: str) -> Group:
         cells = []
         for k in range(snap.generations + 1):
             state = snap.states[(name, k)]
-            label = f"{snap.rows[(name, k)][M.PPL_REAL]:.1f}" if state == DONE_S else state
+            label = f"{snap.rows[(name, k)].get(shown, float('nan')):.4g}" if state == DONE_S else state
             cells.append(Text(label, style=STYLE[state]))
         table.add_row(name, *cells)
     total = len(snap.states)
     summary = f"{snap.count(DONE_S)}/{total} done, {snap.count(RUNNING)} running, {snap.count(FAILED_S)} failed, {snap.count(QUEUED)} queued"
     if snap.eta_s is not None and snap.count(DONE_S) < total:
         summary += f"; ETA ~{snap.eta_s / 60:.1f} min at the measured unit time"
-    return Group(table, Text(summary + "   (done cells show ppl_real)"))
+    return Group(table, Text(summary + f"   (done cells show {shown})"))
 
 
 def show(root: str | Path, watch: float | None = None, console: Console | None = None) -> Snapshot:

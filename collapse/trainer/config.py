@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 REGIMES = ("replace", "accumulate", "accumulate-subsample")
+FAMILIES = ("lm", "gaussian", "gmm", "linear_regression")
 INITS = ("scratch", "previous", "base")
 ARCHS = ("llama", "gpt2")
 ENGINES = ("torch", "deepspeed")
@@ -30,7 +31,8 @@ WANDB_MODES = ("offline", "online", "disabled")
 STUDY_WIDE = (
     "data.source", "data.text_field", "data.eval_fraction", "data.prompt_fraction", "data.seq_len",
     "data.vocab_size", "data.eval_sequences", "eval.head_mass", "eval.tail_mass", "model.base_path",
-    "train.engine", "train.workers",
+    "train.engine", "train.workers", "model.family", "theory.real_pool", "theory.eval_samples", "theory.features",
+    "theory.noise", "theory.gmm_weights", "theory.gmm_means", "theory.gmm_stds",
 )
 
 
@@ -75,6 +77,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    family: str = doc(f"`lm` (a language model on text), or a theory family with closed forms: {list(FAMILIES[1:])} (see `theory.*`).", default="lm")
     arch: str = doc(f"Architecture built from config, one of {list(ARCHS)}.", default="llama")
     d_model: int = doc("Hidden size.", default=128)
     n_layers: int = doc("Transformer blocks.", default=4)
@@ -117,6 +120,22 @@ class EvalConfig:
     batch_size: int = doc("Sequences per forward pass when scoring held-out text.", default=64)
     head_mass: float = doc("Head bucket: most frequent train tokens covering this share of tokens.", default=0.5)
     tail_mass: float = doc("Tail bucket: rarest train tokens covering this share of tokens.", default=0.1)
+    rare_ngram_max_count: int = doc("A held-out bigram is rare if it occurs at most this often in the real train split.", default=1)
+    top_k: int = doc("Rare-bigram recall counts the next token as recalled if it is in the model's top-k.", default=10)
+    bootstrap: int = doc("Resamples for 95% intervals per metric and generation: bootstrap, or half-sampling for set-level sample metrics (0 = off).", default=100)
+    embeddings: bool = doc("Embedding diversity of samples (MiniLM; skipped with a note if the `embed` extra is missing).", default=True)
+
+
+@dataclass
+class TheoryConfig:
+    samples: int = doc("Theory families: samples M each generation adds (the block size of every regime).", default=100)
+    eval_samples: int = doc("Held-out samples of the true distribution for evaluation.", default=20000)
+    real_pool: int = doc("Size of the pool of true samples real draws come from.", default=100000)
+    features: int = doc("linear_regression: feature dimension d (needs samples > features + 1).", default=10)
+    noise: float = doc("linear_regression: label noise sigma (real and synthetic labels).", default=1.0)
+    gmm_weights: list[float] = doc("gmm: true component weights (the smallest is the rare mode).", default_factory=lambda: [0.55, 0.4, 0.05])
+    gmm_means: list[float] = doc("gmm: true component means.", default_factory=lambda: [-2.0, 1.5, 6.0])
+    gmm_stds: list[float] = doc("gmm: true component standard deviations.", default_factory=lambda: [1.0, 0.8, 0.5])
 
 
 @dataclass
@@ -142,6 +161,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    theory: TheoryConfig = field(default_factory=TheoryConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -266,6 +286,17 @@ def validate(cfg: Config) -> None:
     _check(d.tokens_per_generation >= d.seq_len, "data.tokens_per_generation", "must be at least data.seq_len")
     _check(d.eval_sequences >= 0, "data.eval_sequences", "must be >= 0")
     _check(d.vocab_size >= 260, "data.vocab_size", "must be >= 260 (256 bytes + special tokens)")
+    _check(m.family in FAMILIES, "model.family", f"must be one of {list(FAMILIES)} (got {m.family!r})")
+    th = cfg.theory
+    _check(th.samples >= 2 and th.eval_samples >= 10 and th.real_pool >= th.samples, "theory.samples",
+           "must be >= 2, with theory.eval_samples >= 10 and theory.real_pool >= theory.samples")
+    if m.family == "linear_regression":
+        _check(th.features >= 1 and th.samples > th.features + 1, "theory.samples", f"must exceed theory.features + 1 = {th.features + 1} (OLS)")
+        _check(th.noise > 0, "theory.noise", "must be > 0")
+    if m.family == "gmm":
+        _check(len(th.gmm_weights) == len(th.gmm_means) == len(th.gmm_stds) >= 2, "theory.gmm_weights",
+               "theory.gmm_means and theory.gmm_stds must have the same length >= 2")
+        _check(all(w > 0 for w in th.gmm_weights) and all(s > 0 for s in th.gmm_stds), "theory.gmm_weights", "and theory.gmm_stds must be positive")
     _check(m.arch in ARCHS, "model.arch", f"must be one of {list(ARCHS)} (got {m.arch!r})")
     _check(m.init in INITS, "model.init", f"must be one of {list(INITS)} (got {m.init!r})")
     _check(m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0, "model.n_heads", "must divide model.d_model")
@@ -297,6 +328,9 @@ def validate(cfg: Config) -> None:
     _check(0 < sm.top_p <= 1, "sample.top_p", "must be in (0, 1]")
     _check(sm.batch_size > 0, "sample.batch_size", "must be > 0")
     _check(e.num_samples >= 2, "eval.num_samples", "must be >= 2")
+    _check(e.rare_ngram_max_count >= 0, "eval.rare_ngram_max_count", "must be >= 0")
+    _check(e.top_k >= 1, "eval.top_k", "must be >= 1")
+    _check(e.bootstrap == 0 or e.bootstrap >= 20, "eval.bootstrap", "must be 0 (off) or >= 20 resamples")
     _check(0 < e.head_mass < 1 and 0 < e.tail_mass < 1 and e.head_mass + e.tail_mass <= 1, "eval.head_mass",
            "and eval.tail_mass must be in (0, 1) and sum to <= 1")
     _check(cfg.resources.cpu >= 1, "resources.cpu", "must be >= 1")

@@ -90,6 +90,14 @@ def sequences_per_generation(tokens_per_generation: int, seq_len: int) -> int:
     return max(1, tokens_per_generation // seq_len)
 
 
+def rows_per_generation(cfg) -> int:
+    """n, the rows each generation's block D_k holds: sequences for a language model, samples M
+    for a theory family."""
+    if cfg.model.family != "lm":
+        return cfg.theory.samples
+    return sequences_per_generation(cfg.data.tokens_per_generation, cfg.data.seq_len)
+
+
 def synthetic_rows_needed(contamination: float, n_seqs: int) -> int:
     return int(round(contamination * n_seqs))
 
@@ -131,7 +139,7 @@ def generation_block(
         syn = synthetic_of(k - 1)
         if len(syn) < n_syn:
             raise RuntimeError(f"synthetic corpus of generation {k - 1} has {len(syn)} rows, {n_syn} needed")
-        parts.append(np.asarray(syn[:n_syn], dtype=TOKEN_DTYPE))
+        parts.append(np.asarray(syn[:n_syn], dtype=real.train.dtype))  # token ids, or floats for theory families
         sources += [synthetic_source(k - 1)] * n_syn
     return np.concatenate(parts), sources
 

@@ -28,11 +28,11 @@ from ..cluster.plan import LineageSpec
 from . import metrics as M
 from .checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, write_bytes_atomic, write_json_atomic
 from .config import Config
-from .data import RealData, build_training_set, sequences_per_generation
+from .data import RealData, build_training_set, rows_per_generation
 from .distributed import DistributedSampler, InitSpec, WorkerGroup
 from .engine import build_engine
-from .evaluation import eval_subset, evaluate_real, reference_rows
-from .metrics import frequency_buckets, sample_metrics
+from .evaluation import eval_subset, evaluate_real, evaluate_samples, gen0_perplexity, reference_rows
+from .metrics import bigram_table, frequency_buckets, rare_bigram_mask
 from .model import count_parameters, load_model, save_model_dir
 from .sampling import build_sampler, load_corpus_rows, sample_rows, save_corpus
 from .seeding import derive_seed, seed_everything
@@ -69,6 +69,18 @@ class StudyContext:
     @cached_property
     def buckets(self) -> np.ndarray:
         return frequency_buckets(self.real.train_token_counts, self.cfg.eval.head_mass, self.cfg.eval.tail_mass)
+
+    @cached_property
+    def rare_mask(self) -> np.ndarray:
+        """[eval rows, L-1]: targets completing a bigram that is rare in the real train split."""
+        return rare_bigram_mask(self.eval_rows, bigram_table(self.real.train), self.cfg.eval.rare_ngram_max_count)
+
+    def gen0_model(self, spec: LineageSpec):
+        """The generation-0 model of a lineage (cached: consecutive units of a lineage share it)."""
+        path = self.run.gen0_dir(spec.gen0_key) / MODEL_DIR
+        if getattr(self, "_gen0", (None,))[0] != path:
+            self._gen0 = (path, load_model(path))
+        return self._gen0[1]
 
     def workers(self, n: int, cpu: int, gpu: int = 0) -> WorkerGroup:
         """The lineage's DeepSpeed worker group, started once and reused across generations."""
@@ -117,6 +129,10 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
             return read_json(out / UNIT_METRICS)
         out.mkdir(parents=True, exist_ok=True)
         clean_tmp(out)
+        if unit.spec.config.model.family != "lm":
+            from .theory import run_theory_stages
+
+            return run_theory_stages(ctx, unit, out)
         return _run_stages(ctx, unit, out)
 
 
@@ -134,7 +150,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
         tset = build_training_set(
             k, spec.regime, spec.contamination, ctx.real,
             synthetic_of=lambda j: ctx.corpus_rows(spec, j),
-            n_seqs=sequences_per_generation(cfg.data.tokens_per_generation, cfg.data.seq_len),
+            n_seqs=rows_per_generation(cfg),
             real_seed_parts=(study.seed, spec.seed),
             subsample_seed_parts=(study.seed, unit.label),
         )
@@ -183,14 +199,19 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
 
     # 5 evaluate -----------------------------------------------------------------------------
     t = time.perf_counter()
-    real_metrics = evaluate_real(model, ctx.eval_rows, ctx.buckets, cfg.eval.batch_size)
+    e = cfg.eval
+    rng = np.random.default_rng(derive_seed(study.seed, unit.label, k, "bootstrap"))
+    real_metrics = evaluate_real(model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng)
     # Diversity on a fixed-size sample set seeded by (seed, generation) only: lineages with the
     # same seed draw with common random numbers, so their differences are the models'.
     samples, *_ = sample_rows(
-        model, _sampler(ctx, cfg, out), cfg.eval.num_samples, cfg.sample, cfg.data.seq_len,
+        model, _sampler(ctx, cfg, out), e.num_samples, cfg.sample, cfg.data.seq_len,
         ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, spec.seed, k, "eval-samples"),
     )
-    div = sample_metrics(samples, reference_rows(ctx.real.eval, cfg.eval.num_samples))
+    texts = ctx.tokenizer.batch_decode(samples.tolist(), skip_special_tokens=True) if e.embeddings else None
+    div = evaluate_samples(samples, reference_rows(ctx.real.eval, e.num_samples), ctx.tokenizer.eos_token_id, e.bootstrap, rng, texts)
+    gen0 = model if k == 0 else ctx.gen0_model(spec)
+    div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng))
     timing["eval_s"] = time.perf_counter() - t
 
     ts = train_meta["training_set"]
