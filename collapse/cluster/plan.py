@@ -31,7 +31,9 @@ class LineageSpec:
     @property
     def corpus_rows(self) -> int:
         """Synthetic rows each generation samples for the next one."""
-        return synthetic_rows_needed(self.contamination, rows_per_generation(self.config))
+        from ..trainer.mitigation import corpus_size
+
+        return corpus_size(self.config, synthetic_rows_needed(self.contamination, rows_per_generation(self.config)))
 
 
 def _fmt(value: Any) -> str:
@@ -51,8 +53,10 @@ def gen0_key(cfg: Config, seed: int) -> str:
     model["init"] = "base" if cfg.model.init == "base" else "scratch"  # gen 0 starts from base or scratch
     if model["init"] != "base":
         model["base_path"] = None
+    mt = cfg.mitigation  # a watermark changes what generation 0 samples; other filters act later
+    watermark = [mt.watermark_gamma, mt.watermark_delta] if mt.filter == "watermark" else None
     blob = {
-        "study_seed": cfg.study.seed, "seed": seed, "model": model,
+        "study_seed": cfg.study.seed, "seed": seed, "model": model, "watermark": watermark,
         **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "train", "sample", "eval", "theory")},
     }
     return short_hash(json.dumps(blob, sort_keys=True))

@@ -178,6 +178,45 @@ def early_warning(rows: list[dict]) -> tuple[list[tuple[str, float]], dict[str, 
     return cells, table
 
 
+RANK_KEYS = (M.PPL_REAL, M.PPL_REAL_P99, M.RARE_NGRAM_RECALL, M.DISTINCT_2, M.EMBED_DIVERSITY)
+
+
+def axis_rankings(rows: list[dict]) -> dict[str, list[str]]:
+    """For each extra grid axis (e.g. `mitigation.filter`): its values ranked by final-generation
+    perplexity on held-out real text, per regime, over the contaminated lineages (mean over seeds),
+    with the c = 0 lineages of the regime as the collapse-free reference. Markdown lines."""
+    axes = sorted({k for r in rows for k in r if "." in k})
+    if not axes or not any(M.PPL_REAL in r for r in rows):
+        return {}
+    last = {}
+    for r in rows:
+        if r[M.GENERATION] >= last.get(r[M.LINEAGE], {}).get(M.GENERATION, -1):
+            last[r[M.LINEAGE]] = r
+    finals = list(last.values())
+    keys = [k for k in RANK_KEYS if any(k in r for r in finals)]
+    mean = lambda rs, k: sum(r.get(k, float("nan")) for r in rs) / len(rs)  # noqa: E731
+    out = {}
+    for axis in axes:
+        lines = ["| regime | rank | " + axis + " | " + " | ".join(keys) + " |", "|" + "---|" * (3 + len(keys))]
+        for regime in sorted({r[M.REGIME] for r in finals}):
+            contaminated = [r for r in finals if r[M.REGIME] == regime and r[M.CONTAMINATION] > 0]
+            groups: dict = defaultdict(list)
+            for r in contaminated:
+                groups[_label(r.get(axis))].append(r)
+            ranked = sorted(groups.items(), key=lambda kv: mean(kv[1], M.PPL_REAL))
+            for i, (value, rs) in enumerate(ranked, 1):
+                lines.append(f"| {regime} | {i} | {value} | " + " | ".join(_fmt(mean(rs, k)) for k in keys) + " |")
+            control = [r for r in finals if r[M.REGIME] == regime and r[M.CONTAMINATION] == 0]
+            if control:
+                lines.append(f"| {regime} | ref | c = 0 (no synthetic data) | " + " | ".join(_fmt(mean(control, k)) for k in keys) + " |")
+        out[axis] = lines
+    return out
+
+
+def _label(value) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
 def markdown(rows: list[dict], study_name: str, failed: dict[str, str], reference: dict[str, float] | None = None) -> str:
     lines = [f"# Study `{study_name}`", "", f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.", ""]
     lines += ["## Change from first to last generation (mean over seeds)", ""]
@@ -203,6 +242,9 @@ def markdown(rows: list[dict], study_name: str, failed: dict[str, str], referenc
         lines += ["| metric | " + " | ".join(f"{r} c={c:g}" for r, c in cells) + " |", "|" + "---|" * (1 + len(cells))]
         for key, by_cell in warn.items():
             lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in cells) + " |")
+    for axis, table in axis_rankings(rows).items():
+        lines += ["", f"## Ranking by `{axis}` (final generation, contaminated lineages)", "",
+                  "Lower perplexity is better; the `ref` row is the same regime without synthetic data.", ""] + table
     lines += ["", f"![collapse curves]({PLOT_FILE})", "", "## All rows", ""]
     keys = table_keys(rows)
     lines += ["| lineage | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]

@@ -25,6 +25,7 @@ DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 SAMPLE_MODES = ("unconditional", "prompted")
 SAMPLERS = ("fast", "hf")
 WANDB_MODES = ("offline", "online", "disabled")
+FILTERS = ("none", "provenance_cap", "watermark", "verify")
 # Keys that define what a study shares, built once from the study-level config: the tokenized real
 # pools and tokenizer, the eval subset and frequency buckets, the actors' resources, the tracker.
 # A grid axis over one of them would be silently ignored for some lineages, so it is refused.
@@ -139,6 +140,16 @@ class TheoryConfig:
 
 
 @dataclass
+class MitigationConfig:
+    filter: str = doc(f"What each generation does to the synthetic data it trains on, one of {list(FILTERS)} (README \"Mitigations\").", default="none")
+    synthetic_cap: float = doc("provenance_cap: most synthetic share of a training set; excess synthetic rows are dropped by provenance.", default=0.25)
+    watermark_gamma: float = doc("watermark: green-list share of the vocabulary (Kirchenbauer et al.).", default=0.25)
+    watermark_delta: float = doc("watermark: logit bias added to green tokens when sampling.", default=2.0)
+    watermark_z: float = doc("watermark: rows with detector z-score above this are dropped from training sets.", default=4.0)
+    verify_keep: float = doc("verify: sample 1/verify_keep candidates per synthetic row, keep those the generation-0 model scores best.", default=0.5)
+
+
+@dataclass
 class ResourcesConfig:
     cpu: int = doc("CPUs (and torch threads) per lineage actor, or per training worker with deepspeed.", default=1)
     gpu: int = doc("GPUs per lineage actor (torch engine) or per training worker (deepspeed); 0 = CPU.", default=0)
@@ -162,6 +173,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     theory: TheoryConfig = field(default_factory=TheoryConfig)
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -333,6 +345,13 @@ def validate(cfg: Config) -> None:
     _check(e.bootstrap == 0 or e.bootstrap >= 20, "eval.bootstrap", "must be 0 (off) or >= 20 resamples")
     _check(0 < e.head_mass < 1 and 0 < e.tail_mass < 1 and e.head_mass + e.tail_mass <= 1, "eval.head_mass",
            "and eval.tail_mass must be in (0, 1) and sum to <= 1")
+    mt = cfg.mitigation
+    _check(mt.filter in FILTERS, "mitigation.filter", f"must be one of {list(FILTERS)} (got {mt.filter!r})")
+    _check(0 <= mt.synthetic_cap <= 1, "mitigation.synthetic_cap", "must be in [0, 1]")
+    _check(0 < mt.watermark_gamma < 1, "mitigation.watermark_gamma", "must be in (0, 1)")
+    _check(mt.watermark_delta > 0, "mitigation.watermark_delta", "must be > 0")
+    _check(0 < mt.verify_keep <= 1, "mitigation.verify_keep", "must be in (0, 1]")
+    _check(mt.filter == "none" or m.family == "lm", "mitigation.filter", "applies to language models only (model.family: lm)")
     _check(cfg.resources.cpu >= 1, "resources.cpu", "must be >= 1")
     _check(cfg.resources.gpu in (0, 1), "resources.gpu", "must be 0 or 1 (one GPU per process; use train.workers for more)")
     _check(cfg.resources.max_concurrent >= 0, "resources.max_concurrent", "must be >= 0")

@@ -159,13 +159,17 @@ class FastSampler:
         k_cache, v_cache = dec.new_cache(bs, p + new)
         active = torch.arange(bs, device=dec.device)  # rows still generating (early removal)
         logits = dec.step(ids, 0, k_cache, v_cache)
+        wm, prev = params.watermark, ids[:, -1]
         for t in range(new):
+            if wm is not None:
+                logits = wm.bias(logits, prev)
             nxt = pick(logits, params.temperature, params.top_k, params.top_p, self.greedy, gen)
+            prev = nxt
             out[active, p + t] = nxt
             if self.stop_at_eos and model.config.eos_token_id is not None:
                 keep = nxt != model.config.eos_token_id
                 if not keep.all():
-                    active, nxt = active[keep], nxt[keep]
+                    active, nxt, prev = active[keep], nxt[keep], prev[keep]
                     k_cache, v_cache = k_cache[:, keep], v_cache[:, keep]
                     if len(active) == 0:
                         break

@@ -31,8 +31,9 @@ from .config import Config
 from .data import RealData, build_training_set, rows_per_generation
 from .distributed import DistributedSampler, InitSpec, WorkerGroup
 from .engine import build_engine
-from .evaluation import eval_subset, evaluate_real, evaluate_samples, gen0_perplexity, reference_rows
+from .evaluation import eval_subset, evaluate_real, evaluate_samples, gen0_perplexity, reference_rows, token_nll
 from .metrics import bigram_table, frequency_buckets, rare_bigram_mask
+from .mitigation import apply_filter, verified_order, watermark_for
 from .model import count_parameters, load_model, save_model_dir
 from .sampling import build_sampler, load_corpus_rows, sample_rows, save_corpus
 from .seeding import derive_seed, seed_everything
@@ -143,17 +144,19 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
     seed_everything(study.seed, unit.label, k)  # for any library code drawing from global RNGs
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
+    watermark = watermark_for(cfg, study.seed)
 
     # 1-3 train and consolidate --------------------------------------------------------------
     if not is_done(out, TRAIN_META):
         t = time.perf_counter()
         tset = build_training_set(
             k, spec.regime, spec.contamination, ctx.real,
-            synthetic_of=lambda j: ctx.corpus_rows(spec, j),
+            synthetic_of=lambda j: _synthetic_rows(ctx, spec, j),
             n_seqs=rows_per_generation(cfg),
             real_seed_parts=(study.seed, spec.seed),
             subsample_seed_parts=(study.seed, unit.label),
         )
+        tset, filter_stats = apply_filter(tset, cfg, k, (study.seed, unit.label), watermark)
         init, parent = _init_spec(ctx, unit)
         seeds = (study.seed, unit.label, k)
         if cfg.train.engine == "deepspeed":
@@ -177,6 +180,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
             "resumed_from_step": result.resumed_from,
             "num_params": count_parameters(model),
             "weights_sha256": sha,
+            "mitigation": filter_stats,
         }
         write_json_atomic(out / TRAIN_META, meta)  # last: the train stage is done
         shutil.rmtree(out / TRAIN_STATE, ignore_errors=True)
@@ -191,7 +195,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
         t = time.perf_counter()
         rows, prompt_ids, n_prompt, params = sample_rows(
             model, _sampler(ctx, cfg, out), unit.corpus_rows, cfg.sample, cfg.data.seq_len,
-            ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, unit.label, k, "corpus"),
+            ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, unit.label, k, "corpus"), watermark,
         )
         save_corpus(out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, train_meta["weights_sha256"][:16])
         mark_done(out, CORPUS_DONE, {"rows": int(len(rows)), "tokens": int(rows.size), "params": params.__dict__})
@@ -206,7 +210,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
     # same seed draw with common random numbers, so their differences are the models'.
     samples, *_ = sample_rows(
         model, _sampler(ctx, cfg, out), e.num_samples, cfg.sample, cfg.data.seq_len,
-        ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, spec.seed, k, "eval-samples"),
+        ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, spec.seed, k, "eval-samples"), watermark,
     )
     texts = ctx.tokenizer.batch_decode(samples.tolist(), skip_special_tokens=True) if e.embeddings else None
     div = evaluate_samples(samples, reference_rows(ctx.real.eval, e.num_samples), ctx.tokenizer.eos_token_id, e.bootstrap, rng, texts)
@@ -225,6 +229,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
         M.TRAIN_LOSS: train_meta["final_loss"],
         M.TRAIN_STEPS: train_meta["steps"],
         M.NUM_PARAMS: train_meta["num_params"],
+        **train_meta.get("mitigation", {}),
         M.WALL_S: time.perf_counter() - t0,
     }
     if k > 0:
@@ -259,6 +264,16 @@ def _init_spec(ctx: StudyContext, unit: Unit) -> tuple[InitSpec, str]:
     seed = derive_seed(ctx.cfg.study.seed, unit.label, k, "init")
     init = InitSpec(model=cfg.model, vocab_size=len(ctx.tokenizer), seq_len=cfg.data.seq_len, eos_id=ctx.tokenizer.eos_token_id, seed=seed)
     return init, f"scratch(seed={seed})"
+
+
+def _synthetic_rows(ctx: StudyContext, spec: LineageSpec, j: int) -> np.ndarray:
+    """Generation j's corpus as the regime code takes it (a prefix): best-first for `verify`."""
+    rows = ctx.corpus_rows(spec, j)
+    cfg = spec.config
+    if cfg.mitigation.filter == "verify":
+        corpus_dir = ctx.run.artifacts_dir(spec.name, spec.gen0_key, j) / CORPUS_DIR
+        rows = verified_order(rows, spec.corpus_rows, corpus_dir, lambda r: token_nll(ctx.gen0_model(spec), r, cfg.eval.batch_size).mean(1))
+    return rows
 
 
 def _sampler(ctx: StudyContext, cfg: Config, out: Path):

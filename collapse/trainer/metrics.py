@@ -53,6 +53,10 @@ RARE_MODE_MASS_RATIO = "rare_mode_mass_ratio"  # GMM: mass kept around the small
 MIN_COMPONENT_WEIGHT = "min_component_weight"
 TEST_ERROR = "test_error"  # linear regression: ||w - w*||^2
 TEST_MSE = "test_mse"
+# --- mitigations (mitigation.py) ----------------------------------------------------------------
+FILTERED_ROWS = "filtered_rows"  # training rows the mitigation dropped this generation
+WM_PRECISION = "wm_precision"  # watermark detector vs provenance: flagged rows that are synthetic
+WM_RECALL = "wm_recall"  # synthetic rows the detector flagged
 # --- training set and bookkeeping ------------------------------------------------------------
 TRAIN_TOKENS = "train_tokens"
 TRAIN_ROWS = "train_rows"

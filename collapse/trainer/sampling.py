@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,12 +20,16 @@ from .checkpoint import write_dir_atomic
 from .config import SampleConfig
 from .seeding import derive_seed, numpy_rng
 
+if TYPE_CHECKING:
+    from .watermark import Watermark
+
 log = logging.getLogger(__name__)
 
 # Provenance columns of every synthetic row (a contract: readers rely on these names).
 PROVENANCE_COLUMNS = (
     "lineage", "generation", "parent_checkpoint", "sample_index", "prompt_id",
     "temperature", "top_k", "top_p", "max_new_tokens", "num_prompt_tokens", "is_synthetic",
+    "watermark_gamma", "watermark_delta", "watermark_key",
 )
 
 
@@ -34,10 +39,20 @@ class SampleParams:
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    watermark_gamma: float = 0.0  # delta 0 = no watermark
+    watermark_delta: float = 0.0
+    watermark_key: int = 0
 
     @classmethod
-    def from_config(cls, cfg: SampleConfig, max_new_tokens: int) -> "SampleParams":
-        return cls(cfg.temperature, cfg.top_k, cfg.top_p, max_new_tokens)
+    def from_config(cls, cfg: SampleConfig, max_new_tokens: int, watermark: "Watermark | None" = None) -> "SampleParams":
+        wm = (watermark.gamma, watermark.delta, watermark.key) if watermark else (0.0, 0.0, 0)
+        return cls(cfg.temperature, cfg.top_k, cfg.top_p, max_new_tokens, *wm)
+
+    @property
+    def watermark(self) -> "Watermark | None":
+        from .watermark import Watermark
+
+        return Watermark(self.watermark_gamma, self.watermark_delta, self.watermark_key) if self.watermark_delta else None
 
 
 class HFSampler:
@@ -77,7 +92,14 @@ class HFSampler:
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(*seed_parts, "batch", b))
-                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.generation_config(params, pad_id))
+                extra = {}
+                if params.watermark is not None:
+                    from transformers import LogitsProcessorList
+
+                    from .watermark import WatermarkLogitsProcessor
+
+                    extra["logits_processor"] = LogitsProcessorList([WatermarkLogitsProcessor(params.watermark)])
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=self.generation_config(params, pad_id), **extra)
         finally:
             model.generation_config.eos_token_id = saved
         if gen.shape[1] != ids.shape[1] + params.max_new_tokens:
@@ -111,10 +133,11 @@ def make_prompts(n: int, mode: str, seq_len: int, prompt_tokens: int, eos_id: in
     return np.asarray(prompt_pool[ids, :prompt_tokens], dtype=np.int32), ids.astype(np.int64), seq_len - prompt_tokens
 
 
-def sample_rows(model, sampler: HFSampler, n: int, cfg: SampleConfig, seq_len: int, eos_id: int, prompt_pool: np.ndarray, seed_parts: tuple):
+def sample_rows(model, sampler: HFSampler, n: int, cfg: SampleConfig, seq_len: int, eos_id: int, prompt_pool: np.ndarray, seed_parts: tuple,
+                watermark=None):
     """n synthetic rows of exactly seq_len tokens, plus their prompt ids and prompt lengths."""
     prompts, prompt_ids, new_tokens = make_prompts(n, cfg.mode, seq_len, cfg.prompt_tokens, eos_id, prompt_pool, seed_parts)
-    params = SampleParams.from_config(cfg, new_tokens)
+    params = SampleParams.from_config(cfg, new_tokens, watermark)
     full = sampler.generate(model, prompts, params, seed_parts, eos_id)
     # Unconditional: drop the EOS start token. Prompted: keep the real prefix (counted in num_prompt_tokens).
     rows = full[:, 1:] if cfg.mode == "unconditional" else full
