@@ -1,10 +1,11 @@
 """Sampling throughput: the fast sampler vs Hugging Face `generate` vs a plain PyTorch KV-cache loop.
 
-    python -m benchmarks.sampling [--batch 32] [--new 128] [--threads 1]
+    python -m benchmarks.sampling [--batch 32] [--new 128] [--threads 1] [--compile]
 
 Same ~7M-parameter Llama, same prompts, temperature 1.0 sampling, measured in the same run after
-one warm-up call each. Prints tokens/s and ratios to `generate`; writes
-benchmarks/results/sampling.json.
+one warm-up call each. Prints tokens/s and ratios to `generate`, and the share of a decode step
+spent in matrix multiplies (the ceiling on what removing Python overhead can gain); writes
+benchmarks/results/sampling.json. `--compile` adds the torch.compile static-decode path.
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ def plain_kv_loop(model, prompts: np.ndarray, new: int, seed: int) -> np.ndarray
     return torch.cat(tokens, 1).numpy()
 
 
+def matmul_share(model, batch: int, steps: int = 30) -> float:
+    """Share of the fast sampler's decode-step time spent in aten::mm / addmm / bmm."""
+    from torch.profiler import profile
+
+    from collapse.trainer.fast_sampler import LlamaDecoder
+
+    dec = LlamaDecoder(model)
+    k, v = dec.new_cache(batch, steps + 2)
+    ids = torch.zeros(batch, 1, dtype=torch.long)
+    dec.step(ids, 0, k, v)
+    with profile() as prof:
+        for i in range(1, steps):
+            dec.step(ids, i, k, v)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    return mm / total if total else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -42,6 +62,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -56,6 +77,9 @@ def main() -> None:
         "plain_kv_cache_loop": lambda: plain_kv_loop(model, prompts, args.new, 0),
         "fast_sampler": lambda: FastSampler(args.batch).generate(model, prompts, sp, ("b",), 0),
     }
+    if args.compile:
+        compiled = FastSampler(args.batch, compile=True)
+        paths["fast_sampler_compiled"] = lambda: compiled.generate(model, prompts, sp, ("b",), 0)
     tokens = args.batch * args.new
     seconds = {}
     for name, fn in paths.items():
@@ -65,10 +89,14 @@ def main() -> None:
         seconds[name] = time.perf_counter() - t0
     base = seconds["hf_generate"]
     table = {k: {"seconds": v, "tokens_per_s": tokens / v, "x_generate": base / v} for k, v in seconds.items()}
+    table["decode_step_matmul_share"] = matmul_share(model, args.batch)
     print(f"model {params / 1e6:.1f}M params, batch {args.batch} x {args.new} new tokens, {args.threads} thread(s)")
     print(f"{'path':<24}{'tokens/s':>10}{'x generate':>12}")
     for k, v in table.items():
-        print(f"{k:<24}{v['tokens_per_s']:>10.0f}{v['x_generate']:>12.2f}")
+        if isinstance(v, dict):
+            print(f"{k:<24}{v['tokens_per_s']:>10.0f}{v['x_generate']:>12.2f}")
+    share = table["decode_step_matmul_share"]
+    print(f"fast sampler decode step: {share:.0%} of CPU time in matmuls -> removing all other work gains at most {1 / share:.2f}x")
     write_results("sampling", vars(args) | {"params": params}, table)
 
 

@@ -26,6 +26,7 @@ from .manifest import DONE, RunDir
 from .plan import LineageSpec, estimated_cost, expand, gen0_groups
 
 log = logging.getLogger(__name__)
+METRICS_EVERY_S = 5.0
 console = Console(stderr=True)
 
 
@@ -93,13 +94,19 @@ class _Board:
             done = _next_generation(run, s, generations)
             self.tasks[s.name] = progress.add_task(s.name, total=generations + 1, completed=done, status="queued" if done <= generations else "done")
         self.failed: dict[str, str] = {}
+        self._metrics_written = -float("inf")
 
     def started(self, name: str, k: int) -> None:
         self.progress.update(self.tasks[name], status=f"gen {k} running")
 
     def finished(self, name: str, k: int, row: dict) -> None:
         self.progress.update(self.tasks[name], completed=k + 1, status=_fmt_row(row) if k < self.G else "done  " + _fmt_row(row))
-        self.run.write_metrics([s.name for s in self.specs], self.G)
+        # metrics.jsonl is rebuilt from every finished unit: at most every few seconds (the end of
+        # the study writes it once more), else a study of thousands of fast units spends its time
+        # re-reading its own results.
+        if time.monotonic() - self._metrics_written > METRICS_EVERY_S:
+            self.run.write_metrics([s.name for s in self.specs], self.G)
+            self._metrics_written = time.monotonic()
 
     def failed_lineage(self, name: str, error: str) -> None:
         self.failed[name] = error

@@ -18,12 +18,12 @@ import yaml
 
 REGIMES = ("replace", "accumulate", "accumulate-subsample")
 FAMILIES = ("lm", "gaussian", "gmm", "linear_regression")
-INITS = ("scratch", "previous", "base")
+INITS = ("scratch", "previous", "base", "gen0")
 ARCHS = ("llama", "gpt2")
 ENGINES = ("torch", "deepspeed")
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 SAMPLE_MODES = ("unconditional", "prompted")
-SAMPLERS = ("fast", "hf")
+SAMPLERS = ("fast", "hf", "vllm")
 WANDB_MODES = ("offline", "online", "disabled")
 FILTERS = ("none", "provenance_cap", "watermark", "verify")
 # Keys that define what a study shares, built once from the study-level config: the tokenized real
@@ -84,7 +84,7 @@ class ModelConfig:
     n_layers: int = doc("Transformer blocks.", default=4)
     n_heads: int = doc("Attention heads (must divide d_model).", default=4)
     d_ff: int = doc("MLP inner size.", default=384)
-    init: str = doc(f"Weights each generation starts from, one of {list(INITS)}.", default="scratch")
+    init: str = doc(f"Weights each generation starts from, one of {list(INITS)} (gen0: the lineage's real-data generation 0, i.e. re-fine-tune one pretrained model).", default="scratch")
     base_path: str | None = doc("Local Hugging Face model dir for `init: base` (its tokenizer is used).", default=None)
 
 
@@ -106,7 +106,8 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    backend: str = doc("`fast`: static-KV-cache sampler (Llama; greedy identical to generate), `hf`: transformers generate.", default="fast")
+    backend: str = doc("`fast`: static-KV-cache sampler (Llama; greedy identical to generate), `hf`: transformers generate, `vllm`: vLLM on a GPU (extra `[vllm]`).", default="fast")
+    compile: bool = doc("fast sampler: torch.compile a static-shape decode step (for GPUs; slower on CPU, see README).", default=False)
     mode: str = doc(f"One of {list(SAMPLE_MODES)}: start from a document boundary or a real prompt prefix.", default="unconditional")
     prompt_tokens: int = doc("Real prefix length for prompted sampling (rest of seq_len is generated).", default=16)
     temperature: float = doc("Sampling temperature (1.0 = the model's distribution).", default=1.0)
@@ -333,6 +334,13 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
     _check(t.warmup_steps >= 0 and t.checkpoint_every >= 0, "train.warmup_steps", "and train.checkpoint_every must be >= 0")
     _check(sm.backend in SAMPLERS, "sample.backend", f"must be one of {list(SAMPLERS)} (got {sm.backend!r})")
+    if sm.backend == "vllm":
+        import importlib.util
+
+        _check(importlib.util.find_spec("vllm") is not None, "sample.backend",
+               "`vllm` needs vLLM installed (GPU machines): pip install -e \".[vllm]\"; or use `fast`")
+        _check(cfg.resources.gpu >= 1, "sample.backend", "`vllm` needs resources.gpu: 1")
+        _check(cfg.mitigation.filter != "watermark", "sample.backend", "`vllm` cannot watermark; use `fast` or `hf` with mitigation.filter: watermark")
     _check(sm.mode in SAMPLE_MODES, "sample.mode", f"must be one of {list(SAMPLE_MODES)} (got {sm.mode!r})")
     _check(0 < sm.prompt_tokens < d.seq_len, "sample.prompt_tokens", f"must be in (0, data.seq_len={d.seq_len})")
     _check(sm.temperature > 0, "sample.temperature", "must be > 0 (use a small value for near-greedy)")

@@ -7,8 +7,10 @@ model's own weights through a minimal forward with
   * prompts bucketed by length (rows of one batch share a length, so no padding or masks),
   * temperature / top-k / top-p and the draw on the device, from a per-batch torch.Generator,
   * early removal of finished rows when stopping at EOS (the batch shrinks, the cache is compacted).
-(`torch.compile` of this decode step is not offered: it slices the cache at a growing position,
-so dynamo recompiles every step; measured 7x slower. A compiled path needs a static-shape decode.)
+With `sample.compile: true`, decode steps run `static_step` under `torch.compile`: every step has
+the same shapes (attention over the whole preallocated cache with a position mask, the position a
+tensor), so it compiles once per batch shape. Meant for GPUs, where per-step launch overhead
+dominates; on CPU it measured slower than eager (README, Performance).
 Greedy decoding is token-for-token identical to `generate` (tested); sampling is reproducible for a
 seed but draws a different stream than `generate`. Architectures other than Llama fall back to the
 Hugging Face sampler.
@@ -78,6 +80,38 @@ class LlamaDecoder:
         return torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     @torch.no_grad()
+    def static_step(self, tokens: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """One decode step with static shapes: tokens [B, 1] at position `pos` (a 0-d tensor)."""
+        B = tokens.shape[0]
+        S = k_cache.shape[3]
+        h = self.model.model.embed_tokens(tokens)
+        freqs = pos.float().reshape(1, 1) * self.inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = (emb.cos() * self.rope_scale).to(self.dtype), (emb.sin() * self.rope_scale).to(self.dtype)
+        mask = (torch.arange(S, device=self.device) <= pos)[None, None, None, :]
+        index = pos.reshape(1)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = self._rms(h, layer.input_layernorm.weight)
+            q = attn.q_proj(x).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(B, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(B, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            k_cache[i].index_copy_(2, index, k)
+            v_cache[i].index_copy_(2, index, v)
+            keys, values = k_cache[i], v_cache[i]
+            if self.n_kv != self.n_heads:
+                rep = self.n_heads // self.n_kv
+                keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(B, 1, -1))
+            x = self._rms(h, layer.post_attention_layernorm.weight)
+            mlp = layer.mlp
+            h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        h = self._rms(h[:, -1], self.model.model.norm.weight)
+        return self.model.lm_head(h).float()
+
+    @torch.no_grad()
     def _forward(self, tokens: torch.Tensor, start: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """tokens [B, T] at positions start..start+T-1; fills the cache; returns last-position logits."""
         B, T = tokens.shape
@@ -127,8 +161,9 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gre
 class FastSampler:
     """Same interface as HFSampler (`generate_batch`, `generate`)."""
 
-    def __init__(self, batch_size: int, greedy: bool = False, stop_at_eos: bool = False):
-        self.batch_size, self.greedy, self.stop_at_eos = batch_size, greedy, stop_at_eos
+    def __init__(self, batch_size: int, greedy: bool = False, stop_at_eos: bool = False, compile: bool = False):
+        self.batch_size, self.greedy, self.stop_at_eos, self.compile = batch_size, greedy, stop_at_eos, compile
+        self._compiled = None
         self._decoders: dict[int, LlamaDecoder] = {}
         self._fallback = None
 
@@ -160,6 +195,7 @@ class FastSampler:
         active = torch.arange(bs, device=dec.device)  # rows still generating (early removal)
         logits = dec.step(ids, 0, k_cache, v_cache)
         wm, prev = params.watermark, ids[:, -1]
+        compiled = self._compiled_step(dec) if self.compile and not self.stop_at_eos else None
         for t in range(new):
             if wm is not None:
                 logits = wm.bias(logits, prev)
@@ -174,8 +210,16 @@ class FastSampler:
                     if len(active) == 0:
                         break
             if t + 1 < new:
-                logits = dec.step(nxt[:, None], p + t, k_cache, v_cache)
+                if compiled is not None:
+                    logits = compiled(nxt[:, None], torch.tensor(p + t, device=dec.device), k_cache, v_cache)
+                else:
+                    logits = dec.step(nxt[:, None], p + t, k_cache, v_cache)
         return out[:real].cpu().numpy().astype(np.int32)
+
+    def _compiled_step(self, dec: LlamaDecoder):
+        if self._compiled is None or self._compiled[0] is not dec:
+            self._compiled = (dec, torch.compile(dec.static_step, dynamic=False))
+        return self._compiled[1]
 
     def generate(self, model, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int) -> np.ndarray:
         """Length bucketing: all rows of `prompts` share a length here (one array); callers with

@@ -83,6 +83,18 @@ class StudyContext:
             self._gen0 = (path, load_model(path))
         return self._gen0[1]
 
+    def vllm_sampler(self, model_dir: Path):
+        """One vLLM engine per model dir (corpus and eval samples share it); the previous
+        generation's engine is closed first to free its GPU memory."""
+        from .vllm_sampler import VLLMSampler
+
+        current = getattr(self, "_vllm", None)
+        if current is None or current.model_dir != str(model_dir):
+            if current is not None:
+                current.close()
+            self._vllm = VLLMSampler(model_dir)
+        return self._vllm
+
     def workers(self, n: int, cpu: int, gpu: int = 0) -> WorkerGroup:
         """The lineage's DeepSpeed worker group, started once and reused across generations."""
         group = getattr(self, "_workers", None)
@@ -258,6 +270,9 @@ def _init_spec(ctx: StudyContext, unit: Unit) -> tuple[InitSpec, str]:
     spec, k, cfg = unit.spec, unit.generation, unit.spec.config
     if cfg.model.init == "base":
         return InitSpec(path=str(cfg.model.base_path)), str(cfg.model.base_path)
+    if cfg.model.init == "gen0" and k > 0:  # every generation re-fine-tunes the model pretrained on real text
+        parent = ctx.run.gen0_dir(spec.gen0_key) / MODEL_DIR
+        return InitSpec(path=str(parent)), str(parent.relative_to(ctx.run.root))
     if cfg.model.init == "previous" and k > 0:
         parent = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k - 1) / MODEL_DIR
         return InitSpec(path=str(parent)), str(parent.relative_to(ctx.run.root))
@@ -278,6 +293,8 @@ def _synthetic_rows(ctx: StudyContext, spec: LineageSpec, j: int) -> np.ndarray:
 
 def _sampler(ctx: StudyContext, cfg: Config, out: Path):
     """Data-parallel over the lineage's workers after sharded training; else in this process."""
+    if cfg.sample.backend == "vllm":
+        return ctx.vllm_sampler(out / MODEL_DIR)
     if cfg.train.engine == "deepspeed" and cfg.train.workers > 1:
         return DistributedSampler(ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu), out / MODEL_DIR, cfg.sample)
     return build_sampler(cfg.sample)

@@ -117,7 +117,7 @@ def build_sampler(cfg: SampleConfig):
     if cfg.backend == "fast":
         from .fast_sampler import FastSampler
 
-        return FastSampler(cfg.batch_size)
+        return FastSampler(cfg.batch_size, compile=cfg.compile)
     return HFSampler(cfg.batch_size)
 
 
