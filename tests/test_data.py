@@ -121,3 +121,41 @@ def test_real_draws_differ_by_seed_and_generation():
 def test_draw_rows_without_replacement_within_a_pass():
     idx = draw_rows(10, 25, np.random.default_rng(0))
     assert len(idx) == 25 and sorted(idx[:10]) == list(range(10)) and sorted(idx[10:20]) == list(range(10))
+
+
+def _pool(n: int) -> RealData:
+    rows = np.arange(n, dtype=np.int32)[:, None].repeat(4, 1)  # row i holds token i: identity is visible
+    return RealData(rows, rows[:0], rows[:0], np.zeros(n, np.int64))
+
+
+def test_fresh_real_never_reuses_a_real_row_and_fails_clearly_when_the_reserve_runs_out():
+    real = _pool(100)
+    syn = lambda j: np.full((50, 4), 1000 + j, np.int32)  # noqa: E731
+    seen = []
+    for k in range(4):
+        t = build_training_set(k, "replace", 0.5, real, syn, 20, (0, 0), (0, "l"), fresh_real=True)
+        seen += [int(r[0]) for r, s in zip(t.rows, t.sources) if s == REAL]
+    assert len(seen) == 20 + 3 * 10 and len(set(seen)) == len(seen)
+    with pytest.raises(ValueError, match="data.fresh_real"):
+        build_training_set(12, "replace", 0.5, real, syn, 20, (0, 0), (0, "l"), fresh_real=True)
+
+
+def test_separate_real_and_synthetic_counts():
+    real = _pool(100)
+    syn = lambda j: np.full((50, 4), 1000 + j, np.int32)  # noqa: E731
+    t = build_training_set(1, "replace", 0.5, real, syn, 20, (0, 0), (0, "l"), real_rows=3)
+    assert t.counts == {REAL: 3, synthetic_source(0): 10}
+    acc = build_training_set(2, "accumulate", 1.0, real, syn, 20, (0, 0), (0, "l"), real_rows=5)
+    assert acc.counts == {REAL: 20 + 5 + 5, synthetic_source(0): 20, synthetic_source(1): 20}
+
+
+def test_shumailov_blocks_keep_only_the_continuation():
+    from collapse.trainer.config import SampleConfig
+    from collapse.trainer.sampling import make_prompts
+
+    pool = np.arange(40, dtype=np.int32).reshape(5, 8)
+    prompts, ids, new = make_prompts(3, "prompted", 8, 8, 0, pool, ("p",), keep_prompt=False)
+    assert prompts.shape == (3, 8) and new == 8  # a whole real block, continued by seq_len new tokens
+    _, _, new_keep = make_prompts(3, "prompted", 8, 3, 0, pool, ("p",), keep_prompt=True)
+    assert new_keep == 5
+    assert SampleConfig().keep_prompt

@@ -23,6 +23,7 @@ ARCHS = ("llama", "gpt2")
 ENGINES = ("torch", "deepspeed")
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 SAMPLE_MODES = ("unconditional", "prompted")
+DECODINGS = ("sample", "greedy", "beam")
 SAMPLERS = ("fast", "hf", "vllm")
 WANDB_MODES = ("offline", "online", "disabled")
 FILTERS = ("none", "provenance_cap", "watermark", "verify")
@@ -73,6 +74,8 @@ class DataConfig:
     seq_len: int = doc("Tokens per training sequence, eval sequence and synthetic sample.", default=64)
     tokens_per_generation: int = doc("Token budget N of the data each generation adds (and the replace regime's set).", default=65536)
     eval_sequences: int = doc("Held-out real sequences evaluated each generation (0 = all).", default=512)
+    real_tokens_per_generation: int | None = doc("Real tokens in each generation's block D_k (k >= 1), set apart from the synthetic c*N (Kazdan et al.); None = (1-c)*N.", default=None)
+    fresh_real: bool = doc("Real rows are drawn without replacement across generations (a reserve that runs out), not independently per generation.", default=False)
     vocab_size: int = doc("BPE vocabulary size when the tokenizer is trained on the train split.", default=2048)
 
 
@@ -86,6 +89,10 @@ class ModelConfig:
     d_ff: int = doc("MLP inner size.", default=384)
     init: str = doc(f"Weights each generation starts from, one of {list(INITS)} (gen0: the lineage's real-data generation 0, i.e. re-fine-tune one pretrained model).", default="scratch")
     base_path: str | None = doc("Local Hugging Face model dir for `init: base` (its tokenizer is used).", default=None)
+    adapter: str = doc("`none` (full fine-tuning) or `lora`: train LoRA adapters (peft) on trained starting weights, merged after each generation.", default="none")
+    lora_rank: int = doc("LoRA rank r.", default=8)
+    lora_alpha: float = doc("LoRA scaling alpha.", default=16.0)
+    lora_targets: list[str] = doc("Module names LoRA adapts (Llama: q/k/v/o_proj; GPT-2: c_attn, c_proj).", default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -110,6 +117,11 @@ class SampleConfig:
     compile: bool = doc("fast sampler: torch.compile a static-shape decode step (for GPUs; slower on CPU, see README).", default=False)
     mode: str = doc(f"One of {list(SAMPLE_MODES)}: start from a document boundary or a real prompt prefix.", default="unconditional")
     prompt_tokens: int = doc("Real prefix length for prompted sampling (rest of seq_len is generated).", default=16)
+    keep_prompt: bool = doc("prompted: keep the real prefix in the row (Gambetta) or keep only the continuation, seq_len new tokens (Shumailov's blocks).", default=True)
+    decoding: str = doc(f"One of {list(DECODINGS)}; beam search runs through transformers generate (the fast sampler falls back to it).", default="sample")
+    num_beams: int = doc("Beam width for `decoding: beam`.", default=5)
+    length_penalty: float = doc("Beam-search length penalty (transformers semantics).", default=1.0)
+    repetition_penalty: float = doc("Repetition penalty (CTRL / transformers semantics; 1.0 = off; Shumailov et al. used 3.0).", default=1.0)
     temperature: float = doc("Sampling temperature (1.0 = the model's distribution).", default=1.0)
     top_k: int = doc("Top-k truncation (0 = off).", default=0)
     top_p: float = doc("Nucleus truncation (1.0 = off).", default=1.0)
@@ -298,6 +310,7 @@ def validate(cfg: Config) -> None:
     _check(8 <= d.seq_len <= 8192, "data.seq_len", f"must be in [8, 8192] (got {d.seq_len})")
     _check(d.tokens_per_generation >= d.seq_len, "data.tokens_per_generation", "must be at least data.seq_len")
     _check(d.eval_sequences >= 0, "data.eval_sequences", "must be >= 0")
+    _check(d.real_tokens_per_generation is None or d.real_tokens_per_generation >= 0, "data.real_tokens_per_generation", "must be >= 0 or null")
     _check(d.vocab_size >= 260, "data.vocab_size", "must be >= 260 (256 bytes + special tokens)")
     _check(m.family in FAMILIES, "model.family", f"must be one of {list(FAMILIES)} (got {m.family!r})")
     th = cfg.theory
@@ -310,6 +323,15 @@ def validate(cfg: Config) -> None:
         _check(len(th.gmm_weights) == len(th.gmm_means) == len(th.gmm_stds) >= 2, "theory.gmm_weights",
                "theory.gmm_means and theory.gmm_stds must have the same length >= 2")
         _check(all(w > 0 for w in th.gmm_weights) and all(s > 0 for s in th.gmm_stds), "theory.gmm_weights", "and theory.gmm_stds must be positive")
+    _check(m.adapter in ("none", "lora"), "model.adapter", f"must be `none` or `lora` (got {m.adapter!r})")
+    if m.adapter == "lora":
+        import importlib.util
+
+        _check(importlib.util.find_spec("peft") is not None, "model.adapter", "`lora` needs peft: pip install -e \".[lora]\"")
+        _check(t.engine == "torch", "model.adapter", "`lora` runs with train.engine: torch")
+        _check(m.init != "scratch", "model.adapter", "`lora` adapts trained weights: use model.init base, previous or gen0")
+        _check(m.lora_rank >= 1 and m.lora_alpha > 0 and len(m.lora_targets) > 0, "model.lora_rank",
+               "must be >= 1, with model.lora_alpha > 0 and model.lora_targets non-empty")
     _check(m.arch in ARCHS, "model.arch", f"must be one of {list(ARCHS)} (got {m.arch!r})")
     _check(m.init in INITS, "model.init", f"must be one of {list(INITS)} (got {m.init!r})")
     _check(m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0, "model.n_heads", "must divide model.d_model")
@@ -342,7 +364,13 @@ def validate(cfg: Config) -> None:
         _check(cfg.resources.gpu >= 1, "sample.backend", "`vllm` needs resources.gpu: 1")
         _check(cfg.mitigation.filter != "watermark", "sample.backend", "`vllm` cannot watermark; use `fast` or `hf` with mitigation.filter: watermark")
     _check(sm.mode in SAMPLE_MODES, "sample.mode", f"must be one of {list(SAMPLE_MODES)} (got {sm.mode!r})")
-    _check(0 < sm.prompt_tokens < d.seq_len, "sample.prompt_tokens", f"must be in (0, data.seq_len={d.seq_len})")
+    _check(0 < sm.prompt_tokens < d.seq_len or (not sm.keep_prompt and sm.prompt_tokens == d.seq_len), "sample.prompt_tokens",
+           f"must be in (0, data.seq_len={d.seq_len}) (or equal to it with sample.keep_prompt: false)")
+    _check(sm.decoding in DECODINGS, "sample.decoding", f"must be one of {list(DECODINGS)} (got {sm.decoding!r})")
+    _check(sm.num_beams >= 1, "sample.num_beams", "must be >= 1")
+    _check(sm.repetition_penalty > 0, "sample.repetition_penalty", "must be > 0 (1.0 = off)")
+    _check(sm.backend != "vllm" or (sm.decoding == "sample" and sm.repetition_penalty == 1.0), "sample.backend",
+           "`vllm` supports `decoding: sample` without repetition penalty here; use `hf` or `fast`")
     _check(sm.temperature > 0, "sample.temperature", "must be > 0 (use a small value for near-greedy)")
     _check(sm.top_k >= 0, "sample.top_k", "must be >= 0")
     _check(0 < sm.top_p <= 1, "sample.top_p", "must be in (0, 1]")

@@ -129,11 +129,24 @@ def generation_block(
     contamination: float,
     n_seqs: int,
     real_seed_parts: tuple,
+    real_rows: int | None = None,
+    fresh_real: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
-    """D_k: the block of sequences generation k adds (module docstring)."""
+    """D_k: the block of sequences generation k adds (module docstring). `real_rows` sets the real
+    part of D_k (k >= 1) apart from the synthetic part; `fresh_real` draws real rows without
+    replacement across generations."""
     n_syn = 0 if k == 0 else synthetic_rows_needed(contamination, n_seqs)
-    n_real = n_seqs - n_syn
-    idx = draw_rows(len(real.train), n_real, numpy_rng(*real_seed_parts, "real", k))
+    n_real = _real_rows(k, n_seqs, n_syn, real_rows)
+    if fresh_real:
+        # One seeded permutation of the pool per lineage seed; generation k takes the next slice.
+        start = n_seqs + sum(_real_rows(j, n_seqs, synthetic_rows_needed(contamination, n_seqs), real_rows) for j in range(1, k)) if k else 0
+        if start + n_real > len(real.train):
+            raise ValueError(
+                f"data.fresh_real: generation {k} needs real rows {start}..{start + n_real} but the train pool has {len(real.train)}; "
+                "lower data.tokens_per_generation / data.real_tokens_per_generation or study.generations, or use a larger data.source")
+        idx = numpy_rng(*real_seed_parts, "real-reserve").permutation(len(real.train))[start : start + n_real]
+    else:
+        idx = draw_rows(len(real.train), n_real, numpy_rng(*real_seed_parts, "real", k))
     parts, sources = [np.asarray(real.train[np.sort(idx)])], [REAL] * n_real
     if n_syn:
         syn = synthetic_of(k - 1)
@@ -142,6 +155,12 @@ def generation_block(
         parts.append(np.asarray(syn[:n_syn], dtype=real.train.dtype))  # token ids, or floats for theory families
         sources += [synthetic_source(k - 1)] * n_syn
     return np.concatenate(parts), sources
+
+
+def _real_rows(k: int, n_seqs: int, n_syn: int, real_rows: int | None) -> int:
+    if k == 0:
+        return n_seqs
+    return n_seqs - n_syn if real_rows is None else real_rows
 
 
 def build_training_set(
@@ -153,12 +172,14 @@ def build_training_set(
     n_seqs: int,
     real_seed_parts: tuple,
     subsample_seed_parts: tuple,
+    real_rows: int | None = None,
+    fresh_real: bool = False,
 ) -> TrainingSet:
     """The training set of generation k. `synthetic_of(j)` returns generation j's corpus rows."""
     blocks = [k] if regime == "replace" else list(range(k + 1))
     rows, sources = [], []
     for j in blocks:
-        r, s = generation_block(j, real, synthetic_of, contamination, n_seqs, real_seed_parts)
+        r, s = generation_block(j, real, synthetic_of, contamination, n_seqs, real_seed_parts, real_rows, fresh_real)
         rows.append(r)
         sources += s
     all_rows = np.concatenate(rows)

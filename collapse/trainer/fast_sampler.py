@@ -141,6 +141,14 @@ class LlamaDecoder:
         return self.model.lm_head(h).float()
 
 
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty, as transformers applies it: every token already in the row (prompt
+    included) has its logit divided by `penalty` if positive, multiplied if negative."""
+    score = logits.gather(1, seen)
+    score = torch.where(score < 0, score * penalty, score / penalty)
+    return logits.scatter(1, seen, score)
+
+
 def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool, gen: torch.Generator | None) -> torch.Tensor:
     """Next tokens [B] from logits [B, V], entirely on the device."""
     if greedy:
@@ -175,7 +183,7 @@ class FastSampler:
 
     @torch.no_grad()
     def generate_batch(self, model, prompts: np.ndarray, b: int, params, seed_parts: tuple, pad_id: int) -> np.ndarray:
-        if not supports(model):
+        if not supports(model) or params.decoding == "beam":  # beam search: transformers generate
             from .sampling import HFSampler
 
             self._fallback = self._fallback or HFSampler(self.batch_size)
@@ -196,10 +204,13 @@ class FastSampler:
         logits = dec.step(ids, 0, k_cache, v_cache)
         wm, prev = params.watermark, ids[:, -1]
         compiled = self._compiled_step(dec) if self.compile and not self.stop_at_eos else None
+        greedy = self.greedy or params.decoding == "greedy"
         for t in range(new):
+            if params.repetition_penalty != 1.0:  # before the watermark and the warpers, as in generate
+                logits = repetition_penalty(logits, out[active, : p + t], params.repetition_penalty)
             if wm is not None:
                 logits = wm.bias(logits, prev)
-            nxt = pick(logits, params.temperature, params.top_k, params.top_p, self.greedy, gen)
+            nxt = pick(logits, params.temperature, params.top_k, params.top_p, greedy, gen)
             prev = nxt
             out[active, p + t] = nxt
             if self.stop_at_eos and model.config.eos_token_id is not None:

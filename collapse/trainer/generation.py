@@ -33,6 +33,7 @@ from .distributed import DistributedSampler, InitSpec, WorkerGroup
 from .engine import build_engine
 from .evaluation import eval_subset, evaluate_real, evaluate_samples, gen0_perplexity, reference_rows, token_nll
 from .metrics import bigram_table, frequency_buckets, rare_bigram_mask
+from .adapters import merge_lora, trainable_parameters, uses_adapter, wrap_lora
 from .mitigation import apply_filter, verified_order, watermark_for
 from .model import count_parameters, load_model, save_model_dir
 from .sampling import build_sampler, load_corpus_rows, sample_rows, save_corpus
@@ -167,6 +168,8 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
             n_seqs=rows_per_generation(cfg),
             real_seed_parts=(study.seed, spec.seed),
             subsample_seed_parts=(study.seed, unit.label),
+            real_rows=None if cfg.data.real_tokens_per_generation is None else cfg.data.real_tokens_per_generation // cfg.data.seq_len,
+            fresh_real=cfg.data.fresh_real,
         )
         tset, filter_stats = apply_filter(tset, cfg, k, (study.seed, unit.label), watermark)
         init, parent = _init_spec(ctx, unit)
@@ -177,9 +180,16 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
             group = ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu)
             result, sha = group.fit(init, rows_path, cfg.train, seeds, out / TRAIN_STATE, out / MODEL_DIR, ctx.run.tokenizer_dir)
             model = load_model(out / MODEL_DIR)
+            trainable = count_parameters(model)
         else:
             model = init.build()
+            adapted = uses_adapter(cfg.model, k)
+            if adapted:
+                model = wrap_lora(model, cfg.model, seeds)
+            trainable = trainable_parameters(model)
             result = build_engine(cfg.train).fit(model, tset.rows, seeds, out / TRAIN_STATE)
+            if adapted:
+                model = merge_lora(model)
             sha = save_model_dir(out / MODEL_DIR, model, ctx.tokenizer)
         meta = {
             "training_set": tset.summary(cfg.data.seq_len),
@@ -191,6 +201,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
             "losses": result.losses,
             "resumed_from_step": result.resumed_from,
             "num_params": count_parameters(model),
+            "trainable_params": trainable,
             "weights_sha256": sha,
             "mitigation": filter_stats,
         }

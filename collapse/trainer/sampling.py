@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PROVENANCE_COLUMNS = (
     "lineage", "generation", "parent_checkpoint", "sample_index", "prompt_id",
     "temperature", "top_k", "top_p", "max_new_tokens", "num_prompt_tokens", "is_synthetic",
-    "watermark_gamma", "watermark_delta", "watermark_key",
+    "watermark_gamma", "watermark_delta", "watermark_key", "decoding", "num_beams", "length_penalty", "repetition_penalty",
 )
 
 
@@ -42,11 +42,16 @@ class SampleParams:
     watermark_gamma: float = 0.0  # delta 0 = no watermark
     watermark_delta: float = 0.0
     watermark_key: int = 0
+    decoding: str = "sample"  # sample | greedy | beam
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: SampleConfig, max_new_tokens: int, watermark: "Watermark | None" = None) -> "SampleParams":
         wm = (watermark.gamma, watermark.delta, watermark.key) if watermark else (0.0, 0.0, 0)
-        return cls(cfg.temperature, cfg.top_k, cfg.top_p, max_new_tokens, *wm)
+        beams = cfg.num_beams if cfg.decoding == "beam" else 1
+        return cls(cfg.temperature, cfg.top_k, cfg.top_p, max_new_tokens, *wm, cfg.decoding, beams, cfg.length_penalty, cfg.repetition_penalty)
 
     @property
     def watermark(self) -> "Watermark | None":
@@ -63,11 +68,15 @@ class HFSampler:
 
     @staticmethod
     def generation_config(params: SampleParams, pad_id: int) -> GenerationConfig:
+        sampling = params.decoding == "sample"
         return GenerationConfig(
-            do_sample=True,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else None,
+            top_k=params.top_k if sampling else None,
+            top_p=params.top_p if sampling else None,
+            num_beams=params.num_beams if params.decoding == "beam" else 1,
+            length_penalty=params.length_penalty,
+            repetition_penalty=params.repetition_penalty,
             max_new_tokens=params.max_new_tokens,
             eos_token_id=None,
             pad_token_id=pad_id,
@@ -121,28 +130,36 @@ def build_sampler(cfg: SampleConfig):
     return HFSampler(cfg.batch_size)
 
 
-def make_prompts(n: int, mode: str, seq_len: int, prompt_tokens: int, eos_id: int, prompt_pool: np.ndarray, seed_parts: tuple):
+def make_prompts(n: int, mode: str, seq_len: int, prompt_tokens: int, eos_id: int, prompt_pool: np.ndarray, seed_parts: tuple,
+                 keep_prompt: bool = True):
     """Returns (prompts [n, p], prompt_ids [n], new_tokens). Unconditional rows start at a document
-    boundary (EOS) and generate seq_len tokens; prompted rows take a real prefix from the prompt
-    pool and generate the rest of seq_len."""
+    boundary (EOS) and generate seq_len tokens. Prompted rows take a real prefix from the prompt
+    pool and generate the rest of seq_len (`keep_prompt`: the row keeps the prefix, Gambetta et
+    al.), or a full seq_len continuation of it (the row is the continuation only: Shumailov et al.'s
+    blocks, a real 64-token block continued by 64 new tokens)."""
     if mode == "unconditional":
         return np.full((n, 1), eos_id, dtype=np.int32), np.full(n, -1, dtype=np.int64), seq_len
     if len(prompt_pool) == 0:
         raise ValueError("sample.mode is `prompted` but the prompt pool is empty: raise data.prompt_fraction")
     ids = np.concatenate([numpy_rng(*seed_parts, "prompts", i).permutation(len(prompt_pool)) for i in range(-(-n // len(prompt_pool)))])[:n]
-    return np.asarray(prompt_pool[ids, :prompt_tokens], dtype=np.int32), ids.astype(np.int64), seq_len - prompt_tokens
+    new = seq_len - prompt_tokens if keep_prompt else seq_len
+    return np.asarray(prompt_pool[ids, :prompt_tokens], dtype=np.int32), ids.astype(np.int64), new
 
 
 def sample_rows(model, sampler: HFSampler, n: int, cfg: SampleConfig, seq_len: int, eos_id: int, prompt_pool: np.ndarray, seed_parts: tuple,
                 watermark=None):
     """n synthetic rows of exactly seq_len tokens, plus their prompt ids and prompt lengths."""
-    prompts, prompt_ids, new_tokens = make_prompts(n, cfg.mode, seq_len, cfg.prompt_tokens, eos_id, prompt_pool, seed_parts)
+    keep = cfg.keep_prompt
+    prompts, prompt_ids, new_tokens = make_prompts(n, cfg.mode, seq_len, cfg.prompt_tokens, eos_id, prompt_pool, seed_parts, keep)
     params = SampleParams.from_config(cfg, new_tokens, watermark)
     full = sampler.generate(model, prompts, params, seed_parts, eos_id)
-    # Unconditional: drop the EOS start token. Prompted: keep the real prefix (counted in num_prompt_tokens).
-    rows = full[:, 1:] if cfg.mode == "unconditional" else full
-    n_prompt = 0 if cfg.mode == "unconditional" else cfg.prompt_tokens
-    return rows, prompt_ids, n_prompt, params
+    # Unconditional: drop the EOS start token. Prompted: keep the real prefix (counted in
+    # num_prompt_tokens), or drop it and keep the continuation.
+    if cfg.mode == "unconditional":
+        return full[:, 1:], prompt_ids, 0, params
+    if keep:
+        return full, prompt_ids, cfg.prompt_tokens, params
+    return full[:, cfg.prompt_tokens :], prompt_ids, 0, params
 
 
 def save_corpus(path: Path, rows: np.ndarray, tokenizer, prompt_ids, n_prompt: int, params: SampleParams, lineage: str, generation: int, parent_checkpoint: str) -> None:
