@@ -122,3 +122,40 @@ def test_sentence_embedder_sees_paraphrase_vs_diversity():
     wide = embedding_metrics(["The cat sat on the mat.", "Interest rates rose in March.", "She played the violin beautifully."])
     assert narrow[M.EMBED_DIVERSITY] < wide[M.EMBED_DIVERSITY]
     assert narrow[M.VENDI_SCORE] < wide[M.VENDI_SCORE] <= 3.0 + 1e-9
+
+
+def test_knn_precision_recall_known_answers():
+    from collapse.trainer.embeddings import knn_precision_recall
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 8))
+    p, r = knn_precision_recall(real, real.copy())
+    assert p == 1.0 and r == 1.0  # identical sets cover each other
+    collapsed = np.repeat(real[:1], 50, axis=0) + 1e-6 * rng.normal(size=(50, 8))  # one mode only
+    p, r = knn_precision_recall(real, collapsed)
+    assert p == 1.0 and r < 0.05  # every sample is realistic, almost nothing of real is covered
+    far = real + 100.0
+    assert knn_precision_recall(real, far) == (0.0, 0.0)
+
+
+def test_mauve_separates_same_from_shifted_distributions():
+    pytest.importorskip("mauve")
+    from collapse.trainer.embeddings import mauve_score
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 16)), rng.normal(size=(200, 16))
+    assert mauve_score(a, b) > 0.9 and mauve_score(a, a + 3.0) < 0.1
+
+
+def test_next_token_concentration():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from collapse.trainer.evaluation import score_tokens
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=32))
+    with torch.no_grad():  # a model that ignores its input: uniform next-token distribution
+        model.lm_head.weight.zero_()
+    s = score_tokens(model, np.random.default_rng(0).integers(0, 32, (4, 10)), 4)
+    assert s.max_prob.mean() == pytest.approx(1 / 32, rel=1e-5) and s.entropy.mean() == pytest.approx(5.0, rel=1e-5)

@@ -78,7 +78,7 @@ def test_watermark_filter_drops_flagged_rows_and_reports_precision_recall():
     real, syn = rng.integers(0, 500, (30, 32)), _green_rows(10, 32, rng)
     cfg = Config().replace({"mitigation.filter": "watermark", "mitigation.watermark_z": 4.0})
     out, stats = apply_filter(_tset(real, syn), cfg, 1, ("s",), WM)
-    assert stats[M.WM_RECALL] == 1.0 and stats[M.WM_PRECISION] == 1.0 and stats[M.FILTERED_ROWS] == 10
+    assert stats[M.FILTER_RECALL] == 1.0 and stats[M.FILTER_PRECISION] == 1.0 and stats[M.FILTERED_ROWS] == 10
     assert out.counts == {REAL: 30} and len(out.rows) == 30
     with pytest.raises(ValueError, match="mitigation.filter"):
         apply_filter(_tset(real[:0], syn), cfg, 1, ("s",), WM)  # nothing left: a clear error
@@ -111,17 +111,46 @@ def test_verify_selects_the_best_scored_candidates_and_caches_scores(tmp_path):
 def test_mitigations_study_end_to_end(ray_session, small_corpus, tmp_path):
     out = tmp_path / "run"
     overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.5], "grid.regime": ["replace"], "study.generations": 2,
-                                                "grid.extra.mitigation.filter": ["none", "provenance_cap", "watermark", "verify"],
+                                                "grid.extra.mitigation.filter": ["none", "provenance_cap", "watermark", "verify", "perplexity", "detector_resample"],
                                                 "mitigation.watermark_z": 2.0})
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + [a for o in overrides for a in ("--set", o)]) == 0
     rows = {(r["lineage"], r["generation"]): r for r in read_metrics(out)}
     name = "c0.50-replace-s0-filter={}"
     assert len(list((out / "shared").iterdir())) == 2  # watermarked generation 0 is its own
     wm = rows[(name.format("watermark"), 2)]
-    assert wm[M.WM_RECALL] > 0.5 and wm[M.WM_PRECISION] > 0.5 and wm[M.SYNTHETIC_FRACTION] < 0.5
+    assert wm[M.FILTER_RECALL] > 0.5 and wm[M.FILTER_PRECISION] > 0.5 and wm[M.SYNTHETIC_FRACTION] < 0.5
     cap = rows[(name.format("provenance_cap"), 1)]
     assert 0.2 < cap[M.SYNTHETIC_FRACTION] <= 0.25  # floor(cap * real / (1 - cap)) synthetic rows kept
     ver = rows[(name.format("verify"), 1)]
     assert ver[M.SYNTHETIC_FRACTION] == pytest.approx(0.5) and any((out / "shared").glob("*/gen_000/verify_scores.npy"))
+    ppl = rows[(name.format("perplexity"), 1)]
+    assert ppl[M.FILTERED_ROWS] > 0 and 0 <= ppl[M.FILTER_RECALL] <= 1
+    det = rows[(name.format("detector_resample"), 2)]
+    assert 0 < det[M.RESAMPLED_UNIQUE] <= 1 and det[M.SYNTHETIC_FRACTION] == pytest.approx(0.5)
     report = (out / "report.md").read_text()
-    assert "mitigation.filter" in report
+    assert "mitigation.filter" in report and all(f in report for f in ("perplexity", "detector_resample", "verify"))
+
+
+def test_perplexity_filter_drops_the_worst_rows_blind_to_provenance():
+    real, syn = np.zeros((80, 8), np.int64), np.ones((20, 8), np.int64)
+    cfg = Config().replace({"mitigation.filter": "perplexity", "mitigation.perplexity_quantile": 0.8})
+    score = lambda rows: np.where(rows[:, 0] == 1, 9.0, 1.0) + np.arange(len(rows)) * 1e-3  # noqa: E731  synthetic rows score worst
+    out, stats = apply_filter(_tset(real, syn), cfg, 1, ("s",), None, score=score)
+    assert out.counts == {REAL: 80} and stats[M.FILTER_PRECISION] == 1.0 and stats[M.FILTER_RECALL] == 1.0
+    same, _ = apply_filter(_tset(real, syn), cfg, 0, ("s",), None, score=score)  # generation 0: no scorer yet
+    assert len(same.rows) == 100
+
+
+def test_detector_resampling_prefers_realistic_synthetic_rows():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 20, (200, 16))  # real text uses tokens 0..19
+    realistic = rng.integers(0, 20, (50, 16))
+    odd = rng.integers(20, 40, (50, 16))  # synthetic rows from another vocabulary
+    cfg = Config().replace({"mitigation.filter": "detector_resample"})
+    out, stats = apply_filter(_tset(real, np.concatenate([realistic, odd])), cfg, 1, ("s",), None)
+    resampled = out.rows[200:]
+    assert (resampled.max(axis=1) < 20).mean() > 0.9  # almost every drawn row is a realistic one
+    assert out.counts == {REAL: 200, "synthetic/gen_000": 100} and stats[M.DETECTOR_ACCURACY] > 0.6
+    # no real rows in the set (c = 1): the detector learns from the real pool instead
+    only, _ = apply_filter(_tset(real[:0], np.concatenate([realistic, odd])), cfg, 1, ("s",), None, real_pool=real)
+    assert (only.rows.max(axis=1) < 20).mean() > 0.9

@@ -182,9 +182,10 @@ RANK_KEYS = (M.PPL_REAL, M.PPL_REAL_P99, M.RARE_NGRAM_RECALL, M.DISTINCT_2, M.EM
 
 
 def axis_rankings(rows: list[dict]) -> dict[str, list[str]]:
-    """For each extra grid axis (e.g. `mitigation.filter`): its values ranked by final-generation
-    perplexity on held-out real text, per regime, over the contaminated lineages (mean over seeds),
-    with the c = 0 lineages of the regime as the collapse-free reference. Markdown lines."""
+    """For each extra grid axis (e.g. `mitigation.filter`): every (regime, value) pair ranked
+    together by final-generation perplexity on held-out real text, over the contaminated lineages
+    (mean over seeds and contaminations), so a filter under `replace` competes with plain
+    accumulation. The c = 0 lineages of each regime are the collapse-free references. Markdown lines."""
     axes = sorted({k for r in rows for k in r if "." in k})
     if not axes or not any(M.PPL_REAL in r for r in rows):
         return {}
@@ -197,18 +198,17 @@ def axis_rankings(rows: list[dict]) -> dict[str, list[str]]:
     mean = lambda rs, k: sum(r.get(k, float("nan")) for r in rs) / len(rs)  # noqa: E731
     out = {}
     for axis in axes:
-        lines = ["| regime | rank | " + axis + " | " + " | ".join(keys) + " |", "|" + "---|" * (3 + len(keys))]
+        lines = ["| rank | regime | " + axis + " | " + " | ".join(keys) + " |", "|" + "---|" * (3 + len(keys))]
+        groups: dict = defaultdict(list)
+        for r in finals:
+            if r[M.CONTAMINATION] > 0:
+                groups[(r[M.REGIME], _label(r.get(axis)))].append(r)
+        for i, ((regime, value), rs) in enumerate(sorted(groups.items(), key=lambda kv: mean(kv[1], M.PPL_REAL)), 1):
+            lines.append(f"| {i} | {regime} | {value} | " + " | ".join(_fmt(mean(rs, k)) for k in keys) + " |")
         for regime in sorted({r[M.REGIME] for r in finals}):
-            contaminated = [r for r in finals if r[M.REGIME] == regime and r[M.CONTAMINATION] > 0]
-            groups: dict = defaultdict(list)
-            for r in contaminated:
-                groups[_label(r.get(axis))].append(r)
-            ranked = sorted(groups.items(), key=lambda kv: mean(kv[1], M.PPL_REAL))
-            for i, (value, rs) in enumerate(ranked, 1):
-                lines.append(f"| {regime} | {i} | {value} | " + " | ".join(_fmt(mean(rs, k)) for k in keys) + " |")
             control = [r for r in finals if r[M.REGIME] == regime and r[M.CONTAMINATION] == 0]
             if control:
-                lines.append(f"| {regime} | ref | c = 0 (no synthetic data) | " + " | ".join(_fmt(mean(control, k)) for k in keys) + " |")
+                lines.append(f"| ref | {regime} | c = 0 (no synthetic data) | " + " | ".join(_fmt(mean(control, k)) for k in keys) + " |")
         out[axis] = lines
     return out
 
@@ -244,7 +244,7 @@ def markdown(rows: list[dict], study_name: str, failed: dict[str, str], referenc
             lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in cells) + " |")
     for axis, table in axis_rankings(rows).items():
         lines += ["", f"## Ranking by `{axis}` (final generation, contaminated lineages)", "",
-                  "Lower perplexity is better; the `ref` row is the same regime without synthetic data.", ""] + table
+                  "Lower perplexity is better; `ref` rows are each regime without synthetic data.", ""] + table
     lines += ["", f"![collapse curves]({PLOT_FILE})", "", "## All rows", ""]
     keys = table_keys(rows)
     lines += ["| lineage | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]

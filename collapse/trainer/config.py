@@ -26,7 +26,7 @@ SAMPLE_MODES = ("unconditional", "prompted")
 DECODINGS = ("sample", "greedy", "beam")
 SAMPLERS = ("fast", "hf", "vllm")
 WANDB_MODES = ("offline", "online", "disabled")
-FILTERS = ("none", "provenance_cap", "watermark", "verify")
+FILTERS = ("none", "provenance_cap", "watermark", "verify", "perplexity", "detector_resample")
 # Keys that define what a study shares, built once from the study-level config: the tokenized real
 # pools and tokenizer, the eval subset and frequency buckets, the actors' resources, the tracker.
 # A grid axis over one of them would be silently ignored for some lineages, so it is refused.
@@ -160,6 +160,7 @@ class MitigationConfig:
     watermark_delta: float = doc("watermark: logit bias added to green tokens when sampling.", default=2.0)
     watermark_z: float = doc("watermark: rows with detector z-score above this are dropped from training sets.", default=4.0)
     verify_keep: float = doc("verify: sample 1/verify_keep candidates per synthetic row, keep those the generation-0 model scores best.", default=0.5)
+    perplexity_quantile: float = doc("perplexity: drop training rows whose generation-0 perplexity is above this quantile of the set (blind to provenance).", default=0.9)
 
 
 @dataclass
@@ -387,6 +388,7 @@ def validate(cfg: Config) -> None:
     _check(0 < mt.watermark_gamma < 1, "mitigation.watermark_gamma", "must be in (0, 1)")
     _check(mt.watermark_delta > 0, "mitigation.watermark_delta", "must be > 0")
     _check(0 < mt.verify_keep <= 1, "mitigation.verify_keep", "must be in (0, 1]")
+    _check(0 < mt.perplexity_quantile <= 1, "mitigation.perplexity_quantile", "must be in (0, 1]")
     _check(mt.filter == "none" or m.family == "lm", "mitigation.filter", "applies to language models only (model.family: lm)")
     _check(cfg.resources.cpu >= 1, "resources.cpu", "must be >= 1")
     _check(cfg.resources.gpu in (0, 1), "resources.gpu", "must be 0 or 1 (one GPU per process; use train.workers for more)")

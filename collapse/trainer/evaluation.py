@@ -19,13 +19,15 @@ class TokenScores:
 
     nll: np.ndarray  # [n, L-1]
     in_top_k: np.ndarray  # [n, L-1] bool
+    max_prob: np.ndarray | None = None  # [n, L-1] the model's top-1 probability
+    entropy: np.ndarray | None = None  # [n, L-1] bits
 
 
 @torch.no_grad()
 def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10) -> TokenScores:
     model.eval()
     device = next(model.parameters()).device
-    nll_out, top_out = [], []
+    nll_out, top_out, max_out, ent_out = [], [], [], []
     for start in range(0, len(rows), batch_size):
         ids = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size], dtype=np.int64)).to(device)
         logits = model(input_ids=ids).logits[:, :-1].float()
@@ -33,12 +35,15 @@ def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10) -> T
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
         # rank of the target = number of tokens scored strictly higher
         rank = (logits > logits.gather(-1, target[..., None])).sum(-1)
+        logp = logits.log_softmax(-1)
         nll_out.append(nll.cpu().numpy())
         top_out.append((rank < top_k).cpu().numpy())
+        max_out.append(logp.max(-1).values.exp().cpu().numpy())
+        ent_out.append((-(logp.exp() * logp).sum(-1) / np.log(2)).cpu().numpy())
     if not nll_out:
         empty = np.zeros((0, rows.shape[1] - 1))
-        return TokenScores(empty, empty.astype(bool))
-    return TokenScores(np.concatenate(nll_out), np.concatenate(top_out))
+        return TokenScores(empty, empty.astype(bool), empty, empty)
+    return TokenScores(*(np.concatenate(x) for x in (nll_out, top_out, max_out, ent_out)))
 
 
 def token_nll(model, rows: np.ndarray, batch_size: int) -> np.ndarray:
@@ -47,7 +52,11 @@ def token_nll(model, rows: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def real_metrics(scores: TokenScores, targets: np.ndarray, buckets: np.ndarray, rare: np.ndarray) -> dict[str, float]:
+    concentration = {}
+    if scores.max_prob is not None and scores.max_prob.size:
+        concentration = {M.NEXT_TOKEN_MAX_PROB: float(scores.max_prob.mean()), M.NEXT_TOKEN_ENTROPY: float(scores.entropy.mean())}
     return {
+        **concentration,
         **M.perplexity_stats(scores.nll),
         **M.bucket_losses(scores.nll, targets, buckets),
         **M.rare_ngram_stats(scores.nll, scores.in_top_k, rare),
@@ -80,7 +89,7 @@ def evaluate_real(model, eval_rows: np.ndarray, buckets: np.ndarray, rare: np.nd
 
 
 def evaluate_samples(samples: np.ndarray, reference: np.ndarray, eos_id: int | None, resamples: int,
-                     rng: np.random.Generator, texts: list[str] | None = None) -> dict[str, float]:
+                     rng: np.random.Generator, texts: list[str] | None = None, reference_texts: list[str] | None = None) -> dict[str, float]:
     """Diversity of a sample set against an equal-size real reference; intervals resample samples."""
     samples = np.asarray(samples)
     row = M.sample_metrics(samples, reference, eos_id)
@@ -98,7 +107,7 @@ def evaluate_samples(samples: np.ndarray, reference: np.ndarray, eos_id: int | N
     if texts is not None:
         from .embeddings import embedding_metrics
 
-        row.update(embedding_metrics(texts, resamples, rng))
+        row.update(embedding_metrics(texts, resamples, rng, reference_texts))
     return row
 
 

@@ -171,7 +171,8 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
             real_rows=None if cfg.data.real_tokens_per_generation is None else cfg.data.real_tokens_per_generation // cfg.data.seq_len,
             fresh_real=cfg.data.fresh_real,
         )
-        tset, filter_stats = apply_filter(tset, cfg, k, (study.seed, unit.label), watermark)
+        gen0_nll = lambda r: token_nll(ctx.gen0_model(spec), r, cfg.eval.batch_size).mean(1)  # noqa: E731
+        tset, filter_stats = apply_filter(tset, cfg, k, (study.seed, unit.label), watermark, score=gen0_nll, real_pool=ctx.real.train)
         init, parent = _init_spec(ctx, unit)
         seeds = (study.seed, unit.label, k)
         if cfg.train.engine == "deepspeed":
@@ -235,8 +236,10 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
         model, _sampler(ctx, cfg, out), e.num_samples, cfg.sample, cfg.data.seq_len,
         ctx.tokenizer.eos_token_id, ctx.real.prompt, (study.seed, spec.seed, k, "eval-samples"), watermark,
     )
-    texts = ctx.tokenizer.batch_decode(samples.tolist(), skip_special_tokens=True) if e.embeddings else None
-    div = evaluate_samples(samples, reference_rows(ctx.real.eval, e.num_samples), ctx.tokenizer.eos_token_id, e.bootstrap, rng, texts)
+    reference = reference_rows(ctx.real.eval, e.num_samples)
+    decode = lambda rows: ctx.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)  # noqa: E731
+    texts, ref_texts = (decode(samples), decode(reference)) if e.embeddings else (None, None)
+    div = evaluate_samples(samples, reference, ctx.tokenizer.eos_token_id, e.bootstrap, rng, texts, ref_texts)
     gen0 = model if k == 0 else ctx.gen0_model(spec)
     div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng))
     timing["eval_s"] = time.perf_counter() - t

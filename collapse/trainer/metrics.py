@@ -27,6 +27,8 @@ LOSS_TORSO = "loss_torso"
 LOSS_TAIL = "loss_tail"  # ... on the rarest tokens: rises first as the model forgets the tails
 RARE_NGRAM_RECALL = "rare_ngram_recall"  # share of rare real bigrams whose next token is still in the model's top-k
 LOSS_RARE_NGRAM = "loss_rare_ngram"  # mean NLL of the token completing a rare real bigram
+NEXT_TOKEN_MAX_PROB = "next_token_max_prob"  # mean top-1 probability on real text: concentration (Gambetta et al.)
+NEXT_TOKEN_ENTROPY = "next_token_entropy"  # mean entropy (bits) of the next-token distribution on real text
 PPL_SAMPLES_GEN0 = "ppl_samples_gen0"  # perplexity of this generation's samples under the generation-0 model
 # --- the generation's own samples ------------------------------------------------------------
 DISTINCT_1 = "distinct_1"
@@ -42,6 +44,9 @@ DOC_LEN_MEAN = "doc_len_mean"  # tokens per document (EOS-delimited) in the samp
 DOC_LEN_P90 = "doc_len_p90"
 EMBED_DIVERSITY = "embed_diversity"  # mean pairwise cosine distance of sentence embeddings
 VENDI_SCORE = "vendi_score"  # effective number of distinct samples (Friedman & Dieng 2023)
+MAUVE = "mauve"  # MAUVE(real, samples) on sentence embeddings (Pillutla et al. 2021): 1 = same distribution
+KNN_PRECISION = "knn_precision"  # samples inside the real k-NN manifold (Kynkaanniemi et al. 2019): quality
+KNN_RECALL = "knn_recall"  # real texts inside the samples' k-NN manifold: coverage; falls as modes vanish
 # --- theory families (model.family != lm; see families.py) -----------------------------------
 FIT_MEAN = "fit_mean"
 FIT_VAR = "fit_var"
@@ -55,8 +60,10 @@ TEST_ERROR = "test_error"  # linear regression: ||w - w*||^2
 TEST_MSE = "test_mse"
 # --- mitigations (mitigation.py) ----------------------------------------------------------------
 FILTERED_ROWS = "filtered_rows"  # training rows the mitigation dropped this generation
-WM_PRECISION = "wm_precision"  # watermark detector vs provenance: flagged rows that are synthetic
-WM_RECALL = "wm_recall"  # synthetic rows the detector flagged
+FILTER_PRECISION = "filter_precision"  # a blind filter (watermark, perplexity) vs provenance: flagged rows that are synthetic
+FILTER_RECALL = "filter_recall"  # synthetic rows the filter flagged
+DETECTOR_ACCURACY = "detector_accuracy"  # detector_resample: real-vs-synthetic classifier accuracy (train)
+RESAMPLED_UNIQUE = "resampled_unique"  # detector_resample: distinct synthetic rows kept / synthetic rows
 # --- training set and bookkeeping ------------------------------------------------------------
 TRAIN_TOKENS = "train_tokens"
 TRAIN_ROWS = "train_rows"
@@ -82,7 +89,8 @@ PLOTTED = (
 HIGHER_IS_COLLAPSE = {
     PPL_REAL: True, PPL_REAL_P50: True, PPL_REAL_P90: True, PPL_REAL_P99: True,
     LOSS_HEAD: True, LOSS_TORSO: True, LOSS_TAIL: True, LOSS_RARE_NGRAM: True, RARE_NGRAM_RECALL: False,
-    PPL_SAMPLES_GEN0: True, DISTINCT_1: False, DISTINCT_2: False, DISTINCT_3: False, UNIGRAM_ENTROPY: False,
+    PPL_SAMPLES_GEN0: True, NEXT_TOKEN_MAX_PROB: True, NEXT_TOKEN_ENTROPY: False, MAUVE: False, KNN_PRECISION: False,
+    KNN_RECALL: False, DISTINCT_1: False, DISTINCT_2: False, DISTINCT_3: False, UNIGRAM_ENTROPY: False,
     BIGRAM_ENTROPY: False, VOCAB_COVERAGE: False, SELF_BLEU: True, UNIGRAM_KL: True, UNIGRAM_JS: True,
     EMBED_DIVERSITY: False, VENDI_SCORE: False,
 }

@@ -10,6 +10,12 @@ a resumed generation filters identically.
   verify          selection by a verifier (Feng et al. 2024): each generation samples 1/verify_keep
                   candidates per needed synthetic row and keeps those with the lowest perplexity
                   under the generation-0 model.
+  perplexity      perplexity filtering (Gambetta et al.): drop every training row, real or synthetic,
+                  whose generation-0 perplexity is above the `perplexity_quantile` of the set.
+  detector_resample  detector-weighted resampling (Drayson et al.): a real-vs-synthetic classifier
+                  (logistic regression on token frequencies) is trained on the provenance labels;
+                  synthetic rows are then redrawn, with replacement, with importance weights
+                  p(real | x) / p(synthetic | x), so the synthetic part looks more like real text.
 Fresh real data (contamination < 1) and accumulation are regimes; the mitigations study compares
 all of them in one report.
 """
@@ -73,8 +79,49 @@ def _subset(tset: TrainingSet, keep: np.ndarray) -> TrainingSet:
     return TrainingSet(tset.rows[keep], sources, counts)
 
 
-def apply_filter(tset: TrainingSet, cfg, k: int, seed_parts: tuple, watermark: Watermark | None) -> tuple[TrainingSet, dict]:
-    """The filtered training set and the stats that go into the generation's metrics row."""
+def _flag_stats(flagged: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
+    """A blind filter's flags against the provenance labels."""
+    hits = int((flagged & synthetic).sum())
+    return {
+        M.FILTER_PRECISION: hits / flagged.sum() if flagged.any() else float("nan"),
+        M.FILTER_RECALL: hits / synthetic.sum() if synthetic.any() else float("nan"),
+    }
+
+
+def detector_weights(real_rows: np.ndarray, synthetic_rows: np.ndarray, vocab: int, seed_parts: tuple, steps: int = 300) -> tuple[np.ndarray, float]:
+    """Importance weights p(real|x)/p(synthetic|x) for the synthetic rows from a logistic regression
+    on normalised token counts, trained on the two labelled sets; and its training accuracy."""
+    import torch
+
+    def features(rows):
+        counts = np.zeros((len(rows), vocab), np.float32)
+        np.add.at(counts, (np.repeat(np.arange(len(rows)), rows.shape[1]), rows.reshape(-1)), 1.0)
+        return torch.from_numpy(counts / rows.shape[1])
+
+    x = torch.cat([features(real_rows), features(synthetic_rows)])
+    y = torch.cat([torch.ones(len(real_rows)), torch.zeros(len(synthetic_rows))])
+    g = torch.Generator().manual_seed(derive_seed(*seed_parts, "detector") % (1 << 62))
+    w = (torch.randn(vocab, generator=g) * 0.01).requires_grad_()
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    pos_weight = torch.tensor(len(synthetic_rows) / max(1, len(real_rows)))  # balance the classes
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, pos_weight=pos_weight) + 1e-4 * (w**2).sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = x @ w + b
+        accuracy = float(((logits > 0).float() == y).float().mean())
+        odds = torch.exp(logits[len(real_rows):].clamp(-20, 20)).numpy()  # p(real|x) / p(synthetic|x)
+    return odds.astype(np.float64), accuracy
+
+
+def apply_filter(tset: TrainingSet, cfg, k: int, seed_parts: tuple, watermark: Watermark | None,
+                 score=None, real_pool: np.ndarray | None = None) -> tuple[TrainingSet, dict]:
+    """The filtered training set and the stats that go into the generation's metrics row.
+    `score(rows) -> [n] mean generation-0 NLL` (perplexity filter); `real_pool`: real rows the
+    detector learns from when the set has none (contamination 1)."""
     how = cfg.mitigation.filter
     synthetic = np.array([s != REAL for s in tset.sources], dtype=bool)
     stats: dict[str, float] = {}
@@ -89,11 +136,31 @@ def apply_filter(tset: TrainingSet, cfg, k: int, seed_parts: tuple, watermark: W
             keep[drop] = False
     elif how == "watermark":
         flagged = watermark.z_scores(tset.rows) > cfg.mitigation.watermark_z
-        hits = int((flagged & synthetic).sum())
-        stats[M.WM_PRECISION] = hits / flagged.sum() if flagged.any() else float("nan")
-        stats[M.WM_RECALL] = hits / synthetic.sum() if synthetic.any() else float("nan")
+        stats.update(_flag_stats(flagged, synthetic))
         keep = ~flagged
-    else:  # none, verify (selection happened when the synthetic rows were taken)
+    elif how == "perplexity" and k > 0:  # generation 0 is the scorer; it trains on real text only
+        nll = np.asarray(score(tset.rows))
+        flagged = nll > np.quantile(nll, cfg.mitigation.perplexity_quantile)
+        stats.update(_flag_stats(flagged, synthetic))
+        keep = ~flagged
+    elif how == "detector_resample":
+        if not synthetic.any():
+            return tset, stats
+        rows = np.asarray(tset.rows)
+        real_rows = rows[~synthetic]
+        if len(real_rows) == 0:  # fully synthetic set: the practitioner's own real sample teaches the detector
+            pick = numpy_rng(*seed_parts, "detector-real", k).choice(len(real_pool), min(len(real_pool), int(synthetic.sum())), replace=False)
+            real_rows = np.asarray(real_pool[np.sort(pick)])
+        vocab = int(max(rows.max(), real_rows.max())) + 1
+        odds, accuracy = detector_weights(real_rows, rows[synthetic], vocab, (*seed_parts, k))
+        syn_idx = np.flatnonzero(synthetic)
+        draw = numpy_rng(*seed_parts, "detector-resample", k).choice(syn_idx, len(syn_idx), replace=True, p=odds / odds.sum())
+        new_rows = rows.copy()
+        new_rows[syn_idx] = rows[np.sort(draw)]
+        stats[M.DETECTOR_ACCURACY] = accuracy
+        stats[M.RESAMPLED_UNIQUE] = len(np.unique(draw)) / len(draw)
+        return TrainingSet(new_rows, tset.sources, dict(tset.counts)), stats
+    else:  # none, verify (selection happened when the synthetic rows were taken), generation 0
         return tset, stats
     stats[M.FILTERED_ROWS] = int((~keep).sum())
     if not keep.any():
