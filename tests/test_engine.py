@@ -104,3 +104,18 @@ def test_lr_schedule():
     assert E.lr_at(0, 100, cfg) == pytest.approx(0.1)
     assert E.lr_at(9, 100, cfg) == pytest.approx(1.0)
     assert E.lr_at(100, 100, cfg) == pytest.approx(0.1)
+
+
+def test_batch_mixing_puts_the_synthetic_share_in_every_batch():
+    from collapse.trainer.engine import batch_indices
+
+    strata = np.array([False] * 75 + [True] * 25)  # 25% synthetic
+    seen = []
+    for step in range(10):  # 2.5 epochs of batches of 10
+        idx = batch_indices(step, 100, 10, (0, "mix"), strata)
+        assert 2 <= strata[idx].sum() <= 3  # 25% of 10, up to rounding
+        seen += idx.tolist()
+    assert sorted(seen[:100]) == list(range(100))  # still a permutation per epoch
+    assert not (batch_indices(0, 100, 10, (0, "mix"), strata) == batch_indices(0, 100, 10, (1, "mix"), strata)).all()
+    plain = [int(strata[batch_indices(s, 100, 10, (0, "mix"))].sum()) for s in range(10)]
+    assert max(plain) - min(plain) >= 2  # shuffling the whole set does not balance batches

@@ -84,6 +84,7 @@ def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
     assert "c1.00" not in report or "replace" in report
     assert "| replace | 1 |" in report
     assert "Held-out real text, same number of sequences" in report  # the plot's real-text reference
+    assert "## Early warning: generation of first detection" in report and "| ppl_real |" in report
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert "c1.00-replace-s0" in capsys.readouterr().out

@@ -109,6 +109,7 @@ class TrainConfig:
     weight_decay: float = doc("AdamW weight decay.", default=0.1)
     grad_clip: float = doc("Global gradient-norm clip (0 = off).", default=1.0)
     checkpoint_every: int = doc("Steps between step checkpoints (resume point inside a generation; 0 = off).", default=100)
+    mixing: str = doc("`dataset`: shuffle the whole training set; `batch`: every batch holds the set's real/synthetic shares (torch engine).", default="dataset")
 
 
 @dataclass
@@ -351,6 +352,8 @@ def validate(cfg: Config) -> None:
         path = resolve_deepspeed_config(t.deepspeed)
         _check(path is not None, "train.deepspeed", f"{t.deepspeed!r} is neither a file nor one of {sorted(p.stem for p in DEEPSPEED_DIR.glob('*.json'))}")
     _check(t.epochs > 0, "train.epochs", "must be > 0")
+    _check(t.mixing in ("dataset", "batch"), "train.mixing", f"must be `dataset` or `batch` (got {t.mixing!r})")
+    _check(t.mixing == "dataset" or t.engine == "torch", "train.mixing", "`batch` runs with train.engine: torch")
     _check(t.batch_size > 0 and t.micro_batch_size > 0, "train.batch_size", "and train.micro_batch_size must be > 0")
     _check(t.batch_size % t.micro_batch_size == 0, "train.micro_batch_size", f"must divide train.batch_size ({t.batch_size})")
     _check(t.lr > 0, "train.lr", "must be > 0")

@@ -52,13 +52,32 @@ def _epoch_order(seed_parts: tuple, epoch: int, n_rows: int) -> np.ndarray:
     return numpy_rng(*seed_parts, "order", epoch).permutation(n_rows)
 
 
-def batch_indices(step: int, n_rows: int, batch_size: int, seed_parts: tuple) -> np.ndarray:
-    """Row indices of the global batch at `step`: epoch e walks a permutation seeded by (seed, e)."""
+@functools.lru_cache(maxsize=4)
+def _stratified_order(seed_parts: tuple, epoch: int, strata: bytes) -> np.ndarray:
+    """A permutation in which every window of consecutive rows holds the same share of stratum-1
+    rows (synthetic) as the whole set, up to one row: each stratum is shuffled on its own and the
+    synthetic rows are spread evenly over the positions (Bresenham)."""
+    mask = np.frombuffer(strata, dtype=bool)
+    n, s = len(mask), int(mask.sum())
+    rng = numpy_rng(*seed_parts, "order", epoch)
+    real_rows, syn_rows = rng.permutation(np.flatnonzero(~mask)), rng.permutation(np.flatnonzero(mask))
+    positions = np.arange(n)
+    is_syn = (positions + 1) * s // max(1, n) > positions * s // max(1, n)
+    order = np.empty(n, dtype=np.int64)
+    order[is_syn], order[~is_syn] = syn_rows, real_rows
+    return order
+
+
+def batch_indices(step: int, n_rows: int, batch_size: int, seed_parts: tuple, strata: np.ndarray | None = None) -> np.ndarray:
+    """Row indices of the global batch at `step`: epoch e walks a permutation seeded by (seed, e).
+    With `strata` (per-row bool, synthetic = True; `train.mixing: batch`) every batch holds the
+    set's synthetic share, as in Shumailov et al.'s "preserved original data" batches."""
     start = step * batch_size
     out = []
+    key = None if strata is None else np.ascontiguousarray(strata, dtype=bool).tobytes()
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n_rows)
-        perm = _epoch_order(tuple(seed_parts), epoch, n_rows)
+        perm = _epoch_order(tuple(seed_parts), epoch, n_rows) if key is None else _stratified_order(tuple(seed_parts), epoch, key)
         out.extend(perm[offset : offset + batch_size - len(out)].tolist())
     return np.asarray(out)
 
@@ -97,7 +116,7 @@ class TorchEngine:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
 
-    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed_parts: tuple, ckpt_root: Path) -> TrainResult:
+    def fit(self, model: torch.nn.Module, rows: np.ndarray, seed_parts: tuple, ckpt_root: Path, strata: np.ndarray | None = None) -> TrainResult:
         cfg, t0 = self.cfg, time.perf_counter()
         n_rows = len(rows)
         steps = total_steps(n_rows, cfg)
@@ -112,7 +131,7 @@ class TorchEngine:
         for step in range(start, steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps, cfg)
-            batch = data[batch_indices(step, n_rows, cfg.batch_size, seed_parts)].to(accelerator.device)
+            batch = data[batch_indices(step, n_rows, cfg.batch_size, seed_parts, strata)].to(accelerator.device)
             step_loss = 0.0
             for micro in batch.split(cfg.micro_batch_size):
                 with accelerator.autocast():

@@ -28,7 +28,7 @@ from ..cluster.plan import LineageSpec
 from . import metrics as M
 from .checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, write_bytes_atomic, write_json_atomic
 from .config import Config
-from .data import RealData, build_training_set, rows_per_generation
+from .data import REAL, RealData, build_training_set, rows_per_generation
 from .distributed import DistributedSampler, InitSpec, WorkerGroup
 from .engine import build_engine
 from .evaluation import eval_subset, evaluate_real, evaluate_samples, gen0_perplexity, reference_rows, token_nll
@@ -188,7 +188,8 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
             if adapted:
                 model = wrap_lora(model, cfg.model, seeds)
             trainable = trainable_parameters(model)
-            result = build_engine(cfg.train).fit(model, tset.rows, seeds, out / TRAIN_STATE)
+            strata = np.array([s != REAL for s in tset.sources]) if cfg.train.mixing == "batch" else None
+            result = build_engine(cfg.train).fit(model, tset.rows, seeds, out / TRAIN_STATE, strata)
             if adapted:
                 model = merge_lora(model)
             sha = save_model_dir(out / MODEL_DIR, model, ctx.tokenizer)
