@@ -1,4 +1,4 @@
-"""`collapse run|resume|report|status|validate`.
+"""`collapse run|resume|report|status|validate|plan`.
 
 Exit codes: 0 success; 1 some lineage failed (the rest of the study is kept); 2 bad config,
 override or path (one message naming the key/file and the fix, no traceback); 130 interrupted.
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="lineage x generation grid: done / running / failed / queued, with ETA")
     p.add_argument("dir")
     p.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS until the study ends")
+    p = sub.add_parser("plan", help="estimate a study's device-hours and wall time on N GPUs, without running it")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs available (default 8)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s per GPU (default: H100 bf16 dense, 989)")
+    p.add_argument("--mfu", type=float, default=None, help="sustained training model-FLOPs utilisation (default 0.35)")
     p = sub.add_parser("validate", help="check a config without running it")
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -126,6 +132,21 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args) -> int:
+    from ..cluster.sizing import Assumptions, build_plan, render
+
+    cfg = load_config(args.config, args.overrides)
+    if args.gpus < 1:
+        raise ConfigError("--gpus must be >= 1")
+    a = Assumptions()
+    if args.peak_tflops:
+        a.peak_tflops = args.peak_tflops
+    if args.mfu:
+        a.train_mfu = args.mfu
+    print(render(cfg, build_plan(cfg, args.gpus, a), a))
+    return EXIT_OK
+
+
 def cmd_validate(args) -> int:
     from ..cluster.plan import expand, gen0_groups
 
@@ -138,7 +159,7 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "status": cmd_status, "validate": cmd_validate}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "status": cmd_status, "validate": cmd_validate, "plan": cmd_plan}
 
 
 def main(argv: list[str] | None = None) -> int:

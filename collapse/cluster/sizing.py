@@ -1,0 +1,154 @@
+"""`collapse plan CONFIG --gpus N`: what a study will cost before it runs.
+
+A unit's work is counted in model FLOPs (the standard 6·P per trained token, 2·P per sampled or
+scored token, P the parameter count) and turned into device-seconds with an assumed sustained
+throughput: `peak x MFU` for training and scoring, a much lower efficiency for autoregressive
+sampling (memory-bound at small batch). Then lineages are list-scheduled on the GPUs the way the
+driver schedules them (generation-0 units first, then lineages longest-first, each lineage's
+generations in order on its own slot), which gives the makespan. These are estimates: the point is
+sizing (is this 10 or 10,000 GPU-hours?), and the assumptions are printed with the numbers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..trainer.data import rows_per_generation
+from .plan import LineageSpec, expand, gen0_groups
+
+H100_BF16_TFLOPS = 989.0  # dense peak
+
+
+@dataclass
+class Assumptions:
+    peak_tflops: float = H100_BF16_TFLOPS
+    train_mfu: float = 0.35
+    sample_efficiency: float = 0.05  # decode is memory-bound: a few % of peak at realistic batch sizes
+
+
+@dataclass
+class UnitCost:
+    lineage: str
+    generation: int
+    train_flops: float
+    sample_flops: float
+    eval_flops: float
+    gpus: int
+
+    def seconds(self, a: Assumptions) -> float:
+        peak = a.peak_tflops * 1e12
+        return (self.train_flops + self.eval_flops) / (peak * a.train_mfu) + self.sample_flops / (peak * a.sample_efficiency)
+
+
+@dataclass
+class StudyPlan:
+    units: list[UnitCost] = field(default_factory=list)
+    makespan_s: float = 0.0
+    gpus: int = 0
+    params: dict[str, int] = field(default_factory=dict)
+
+    def gpu_hours(self, a: Assumptions) -> float:
+        return sum(u.seconds(a) * u.gpus for u in self.units) / 3600
+
+
+def parameter_count(cfg) -> int:
+    """Analytic parameter count of the configured model (or a base model's config.json)."""
+    m = cfg.model
+    if m.family != "lm":
+        return 0
+    if m.init == "base" and m.base_path and (Path(m.base_path) / "config.json").is_file():
+        hf = json.loads((Path(m.base_path) / "config.json").read_text())
+        d, layers = hf.get("hidden_size", hf.get("n_embd", 0)), hf.get("num_hidden_layers", hf.get("n_layer", 0))
+        d_ff, vocab = hf.get("intermediate_size", 4 * d), hf.get("vocab_size", cfg.data.vocab_size)
+        mlp = 3 if "intermediate_size" in hf else 2
+        positions = hf.get("n_positions", 0) * d  # GPT-2's learned positions; Llama's are rotary
+    else:
+        d, layers, d_ff, vocab = m.d_model, m.n_layers, m.d_ff, cfg.data.vocab_size
+        mlp = 3 if m.arch == "llama" else 2
+        positions = 0 if m.arch == "llama" else max(cfg.data.seq_len, 128) * d
+    return int(layers * (4 * d * d + mlp * d * d_ff) + vocab * d + positions)
+
+
+def _gpus_per_lineage(cfg) -> int:
+    return max(1, cfg.resources.gpu) * (cfg.train.workers if cfg.train.engine == "deepspeed" else 1)
+
+
+def unit_cost(spec: LineageSpec, k: int, corpus_rows: int, P: int) -> UnitCost:
+    cfg = spec.config
+    n, L = rows_per_generation(cfg), cfg.data.seq_len
+    train_rows = (k + 1) * n if spec.regime == "accumulate" else n
+    train = 6 * P * train_rows * L * cfg.train.epochs
+    new = L - cfg.sample.prompt_tokens if cfg.sample.mode == "prompted" and cfg.sample.keep_prompt else L
+    beams = cfg.sample.num_beams if cfg.sample.decoding == "beam" else 1
+    sampled = (corpus_rows if k < cfg.study.generations else 0) + cfg.eval.num_samples
+    sample = 2 * P * sampled * new * beams
+    evaluated = (cfg.data.eval_sequences or 1000) + cfg.eval.num_samples  # real eval + generation-0 scoring of samples
+    return UnitCost(spec.name, k, train, sample, 2 * P * evaluated * L, _gpus_per_lineage(cfg))
+
+
+def build_plan(cfg, gpus: int, a: Assumptions) -> StudyPlan:
+    specs = expand(cfg)
+    plan = StudyPlan(gpus=gpus)
+    chains: list[tuple[float, list[UnitCost]]] = []
+    for key, sharers in gen0_groups(specs).items():
+        P = parameter_count(sharers[0].config)
+        plan.params[key] = P
+        unit = unit_cost(sharers[0], 0, max(s.corpus_rows for s in sharers), P)
+        plan.units.append(unit)
+        chains.append((0.0, [unit]))  # generation 0 first, as the driver does
+    lineage_chains = []
+    for s in specs:
+        P = parameter_count(s.config)
+        units = [unit_cost(s, k, s.corpus_rows, P) for k in range(1, cfg.study.generations + 1)]
+        plan.units += units
+        lineage_chains.append(units)
+    lineage_chains.sort(key=lambda us: -sum(u.seconds(a) for u in us))  # longest first
+    # List scheduling on GPU slots: a chain occupies `gpus per lineage` GPUs until it finishes.
+    per = _gpus_per_lineage(cfg)
+    slots = max(1, gpus // per)
+    free = [0.0] * slots
+    heapq.heapify(free)
+    gen0_done = 0.0
+    for _, (unit,) in chains:
+        start = heapq.heappop(free)
+        end = start + unit.seconds(a)
+        gen0_done = max(gen0_done, end)
+        heapq.heappush(free, end)
+    for units in lineage_chains:
+        start = max(heapq.heappop(free), gen0_done)  # (conservative: every lineage waits for all generation 0s)
+        heapq.heappush(free, start + sum(u.seconds(a) for u in units))
+    plan.makespan_s = max(free)
+    return plan
+
+
+def render(cfg, plan: StudyPlan, a: Assumptions) -> str:
+    specs = expand(cfg)
+    lines = [
+        f"study {cfg.study.name}: {len(specs)} lineages x generations 0..{cfg.study.generations}, "
+        f"{len(plan.units)} units ({len(plan.params)} shared generation 0)",
+        "model parameters: " + ", ".join(f"{p / 1e6:.1f}M" for p in sorted(set(plan.params.values()))),
+        f"assumed: {a.peak_tflops:g} TFLOP/s peak per GPU, training MFU {a.train_mfu:.0%}, sampling {a.sample_efficiency:.0%} of peak",
+        "",
+        f"{'regime':<22}{'c':>6}{'lineages':>10}{'train PFLOP':>14}{'sample PFLOP':>14}{'GPU-hours':>12}",
+    ]
+    by: dict = {}
+    names = {s.name: s for s in specs}
+    for u in plan.units:
+        s = names.get(u.lineage)
+        key = (s.regime, s.contamination) if s and u.generation > 0 else ("generation 0", None)
+        e = by.setdefault(key, {"lineages": set(), "train": 0.0, "sample": 0.0, "hours": 0.0})
+        e["lineages"].add(u.lineage)
+        e["train"] += u.train_flops
+        e["sample"] += u.sample_flops
+        e["hours"] += u.seconds(a) * u.gpus / 3600
+    for (regime, c), e in sorted(by.items(), key=lambda kv: (kv[0][1] is not None, kv[0][0], kv[0][1] or 0.0)):
+        c_txt = "" if c is None else f"{c:g}"
+        lines.append(f"{regime:<22}{c_txt:>6}{len(e['lineages']):>10}{e['train'] / 1e15:>14.3g}{e['sample'] / 1e15:>14.3g}{e['hours']:>12.3g}")
+    total = plan.gpu_hours(a)
+    util = total * 3600 / (plan.makespan_s * plan.gpus) if plan.makespan_s else 0.0
+    lines += ["", f"total: {total:.3g} GPU-hours; on {plan.gpus} GPUs about {plan.makespan_s / 3600:.3g} h wall "
+              f"({util:.0%} of the GPUs busy: lineages are sequential chains)"]
+    return "\n".join(lines)
