@@ -143,7 +143,7 @@ def test_base_init_fine_tunes_a_local_hf_model_each_generation(small_corpus, tmp
 
 @pytest.mark.ray
 def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
-    """`--address`: the driver joins a running cluster (a head and a worker node, one CPU each,
+    """`collapse sweep --address`: the driver joins a running cluster (a head and a worker node, one CPU each,
     so the two lineage actors land on different nodes) instead of starting its own Ray."""
     import subprocess
     import sys
@@ -156,7 +156,7 @@ def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
     overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1, "tracking.wandb": "disabled"})
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "collapse", "run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--address", cluster.address] + _args(overrides),
+            [sys.executable, "-m", "collapse", "sweep", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--address", cluster.address] + _args(overrides),
             capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
         )
     finally:

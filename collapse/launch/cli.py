@@ -1,4 +1,4 @@
-"""`collapse run|resume|report|status|validate|plan`.
+"""`collapse run|sweep|resume|report|status|validate|plan`.
 
 Exit codes: 0 success; 1 some lineage failed (the rest of the study is kept); 2 bad config,
 override or path (one message naming the key/file and the fix, no traceback); 130 interrupted.
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (value parsed as YAML)")
     p.add_argument("--out", default=None, help="run directory (default runs/<study.name>)")
     _add_exec_args(p)
+    p = sub.add_parser("sweep", help="run a study on a Ray cluster (`run` that joins --address, default auto)")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (value parsed as YAML)")
+    p.add_argument("--out", default=None, help="run directory on storage every node sees (default runs/<study.name>)")
+    p.add_argument("--address", default="auto", help="the cluster: auto (RAY_ADDRESS or the local head), host:port, or ray://host:10001")
+    p.add_argument("--dashboard", action="store_true", help=argparse.SUPPRESS)
     p = sub.add_parser("resume", help="continue an interrupted study from its run directory")
     p.add_argument("dir")
     _add_exec_args(p)
@@ -100,6 +106,12 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--out {run_dir} already holds a study; `collapse resume {run_dir}` continues it, or pass another --out")
     run.create(cfg)
     return _execute(run_dir, args)
+
+
+def cmd_sweep(args) -> int:
+    """`run` on an existing cluster: the driver joins it, lineage actors spread over its nodes."""
+    args.local, args.num_cpus = False, None
+    return cmd_run(args)
 
 
 def cmd_resume(args) -> int:
@@ -159,7 +171,7 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "status": cmd_status, "validate": cmd_validate, "plan": cmd_plan}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "status": cmd_status, "validate": cmd_validate, "plan": cmd_plan, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
