@@ -12,7 +12,7 @@ import pytest
 from collapse.cluster.manifest import MANIFEST_FILE, RunDir, read_metrics
 from collapse.launch.cli import main
 from collapse.trainer import metrics as M
-from collapse.trainer.tracking import wandb_run_id
+from collapse.trainer.tracking import STUDY_RUN, wandb_run_id
 
 from .conftest import CONFIGS, tiny_overrides
 
@@ -70,9 +70,12 @@ def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
     # real W&B offline runs: one per lineage, deterministic ids, one step per generation
     uid = json.loads((out / MANIFEST_FILE).read_text())["uid"]
     run_dirs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(run_dirs) == 4
+    assert len(run_dirs) == 4 + 1  # one per lineage, plus the study-level run
     ids = {p.name.rsplit("-", 1)[1] for p in run_dirs}
-    assert ids == {wandb_run_id(uid, r["lineage"]) for r in gen0}
+    assert ids == {wandb_run_id(uid, r["lineage"]) for r in gen0} | {wandb_run_id(uid, STUDY_RUN)}
+    study_run = next(p for p in run_dirs if p.name.endswith(wandb_run_id(uid, STUDY_RUN)))
+    blob = (study_run / f"run-{wandb_run_id(uid, STUDY_RUN)}.wandb").read_bytes()
+    assert b"curves/ppl_real" in blob and b"rows" in blob  # the cross-lineage table and curves
     for p in run_dirs:
         assert list(p.glob("run-*.wandb")) and (p / "run-" f"{p.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
 

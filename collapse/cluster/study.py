@@ -114,6 +114,19 @@ class _Board:
         self.progress.update(self.tasks[name], status="[red]failed[/red]")
 
 
+def _log_study_run(run: RunDir, cfg: Config, rows: list[dict], uid: str) -> None:
+    """The study-level W&B run (cross-lineage table and curves); never fails the study."""
+    from ..launch.report import panels
+    from ..trainer.tracking import log_study_summary
+
+    t = cfg.tracking
+    try:
+        log_study_summary(rows, panels(rows), t.wandb, t.project, t.entity, cfg.study.name, uid,
+                          {"study": cfg.study.name, "config": cfg.to_dict()}, str(run.root))
+    except Exception as exc:  # noqa: BLE001 - results are on disk; tracking is a view of them
+        log.warning("study-level W&B run not written: %s", exc)
+
+
 def run_study(run: RunDir, local: bool = False, address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> StudyResult:
     cfg = run.load_config()
     manifest = run.manifest()
@@ -130,6 +143,7 @@ def run_study(run: RunDir, local: bool = False, address: str | None = None, num_
         else:
             slots = _run_ray(run, cfg, specs, manifest["uid"], board, address, num_cpus, dashboard)
     rows = run.write_metrics([s.name for s in specs], cfg.study.generations)
+    _log_study_run(run, cfg, rows, manifest["uid"])
     seconds = time.perf_counter() - t0
     run.log_session({"started": started, "seconds": seconds, "mode": "local" if local else "ray", "slots": slots, "failed": sorted(board.failed)})
     return StudyResult(rows, board.failed, seconds)
