@@ -108,6 +108,10 @@ class _Board:
             self.run.write_metrics([s.name for s in self.specs], self.G)
             self._metrics_written = time.monotonic()
 
+    def retrying(self, name: str | None, attempt: int) -> None:
+        if name is not None:
+            self.progress.update(self.tasks[name], status=f"[yellow]retry {attempt}[/yellow] (actor lost)")
+
     def failed_lineage(self, name: str, error: str) -> None:
         self.failed[name] = error
         self.run.mark_failed(name, error)
@@ -167,13 +171,28 @@ class WorkQueue:
                 self.waiting[key] = sharers
                 self.gen0.append((key, [s.name for s in specs if s.gen0_key == key]))
         self.ready.sort(key=lambda s: -estimated_cost(s, generations))
+        self.delayed: list[tuple[float, tuple]] = []  # (due time, item): retries after a backoff
 
     def next(self):
+        now = time.monotonic()
+        for due, item in [d for d in self.delayed if d[0] <= now]:
+            self.delayed.remove((due, item))
+            if item[0] == "gen0":
+                self.gen0.insert(0, item[1:])
+            else:
+                self.ready.insert(0, item[1])  # a started lineage first: finish what is begun
         if self.gen0:
             return ("gen0", *self.gen0.pop(0))
         if self.ready:
             return ("lineage", self.ready.pop(0))
         return None
+
+    def retry_later(self, item: tuple, delay: float) -> None:
+        self.delayed.append((time.monotonic() + delay, item))
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.gen0 or self.ready or self.delayed)
 
     def gen0_done(self, key: str) -> None:
         self.ready += self.waiting.pop(key)
@@ -181,6 +200,9 @@ class WorkQueue:
 
     def gen0_failed(self, key: str) -> list[LineageSpec]:
         return self.waiting.pop(key)
+
+    def gen0_names(self, key: str) -> list[str]:
+        return [s.name for s in self.waiting.get(key, [])]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,31 +302,47 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
 
     for h in hosts:
         assign(h)
-    while inflight:
-        done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+    attempts: dict[str, int] = {}
+    res = cfg.resources
+    while inflight or queue.pending:
+        done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0) if inflight else ([], [])
+        if not inflight:
+            time.sleep(0.5)  # only retries waiting out their backoff
         for ref in done:
             h, what = inflight.pop(ref)
             try:
                 result = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - recorded per lineage, the study goes on
                 error = f"{type(exc).__name__}: {exc}"
+                current_spec, current[h] = current[h], None
+                if isinstance(exc, RayActorError):  # the slot died (actor, worker process or node): replace it
+                    hosts[h] = Actor.remote(str(run.root), uid)
+                    key = what[1] if what[0] == "gen0" else what[1]
+                    attempts[key] = attempts.get(key, 0) + 1
+                    if attempts[key] <= res.max_retries:
+                        delay = res.retry_backoff_s * 2 ** (attempts[key] - 1)
+                        log.warning("%s lost its actor (%s); retry %d/%d in %.0f s from its last checkpoint",
+                                    key, type(exc).__name__, attempts[key], res.max_retries, delay)
+                        item = ("gen0", what[1], queue.gen0_names(what[1])) if what[0] == "gen0" else ("lineage", current_spec)
+                        queue.retry_later(item, delay)
+                        board.retrying(what[1] if what[0] == "gen" else None, attempts[key])
+                        assign(h)
+                        continue
+                    error += f" (after {res.max_retries} retries)"
                 if what[0] == "gen0":
                     for s in queue.gen0_failed(what[1]):
                         board.failed_lineage(s.name, error)
                 else:
                     board.failed_lineage(what[1], error)
-                current[h] = None
-                if isinstance(exc, RayActorError):  # the slot died: replace it
-                    hosts[h] = Actor.remote(str(run.root), uid)
                 assign(h)
                 continue
             if what[0] == "gen0":
                 queue.gen0_done(what[1])
-                for idle in [i for i in hosts if i != h and not any(v[0] == i for v in inflight.values())]:
-                    assign(idle)  # lineages just became ready for slots that had nothing to do
             else:
                 board.finished(what[1], what[2], result)
             assign(h)
+        for idle in [i for i in hosts if not any(v[0] == i for v in inflight.values())]:
+            assign(idle)  # lineages that just became ready (a generation 0 finished, a backoff ran out)
     ray.get([hosts[h].shutdown.remote() for h in hosts])
     for actor in hosts.values():
         ray.kill(actor)

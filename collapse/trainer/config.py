@@ -169,6 +169,8 @@ class ResourcesConfig:
     cpu: int = doc("CPUs (and torch threads) per lineage actor, or per training worker with deepspeed.", default=1)
     gpu: int = doc("GPUs per lineage actor (torch engine) or per training worker (deepspeed); 0 = CPU.", default=0)
     max_concurrent: int = doc("Lineages running at once (0 = as many as the CPUs allow).", default=0)
+    max_retries: int = doc("Times a unit is retried when its actor, worker or node dies (it resumes from its last checkpoint); then the lineage fails.", default=3)
+    retry_backoff_s: float = doc("Wait before the first retry, doubled for each further one.", default=5.0)
 
 
 @dataclass
@@ -396,6 +398,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.resources.cpu >= 1, "resources.cpu", "must be >= 1")
     _check(cfg.resources.gpu in (0, 1), "resources.gpu", "must be 0 or 1 (one GPU per process; use train.workers for more)")
     _check(cfg.resources.max_concurrent >= 0, "resources.max_concurrent", "must be >= 0")
+    _check(cfg.resources.max_retries >= 0 and cfg.resources.retry_backoff_s >= 0, "resources.max_retries", "and resources.retry_backoff_s must be >= 0")
     _check(cfg.tracking.wandb in WANDB_MODES, "tracking.wandb", f"must be one of {list(WANDB_MODES)}")
     if d.source != "austen":
         _check(Path(d.source).exists(), "data.source", f"path not found: {d.source} (use `austen` or a local path)")

@@ -1,0 +1,86 @@
+"""Orchestration overhead per generation, with a trainer that does (almost) nothing.
+
+    python -m benchmarks.orchestration [--lineages 64] [--generations 3] [--local]
+
+Runs a study of the `gaussian` theory family (fitting a mean and a variance takes microseconds),
+so everything measured is the framework: Ray actors, the work queue, unit locks, atomic writes
+(fsync) of params, metrics and DONE markers, metrics.jsonl, progress. Baseline measured in the same
+run: the same units computed in memory by `simulate_lineage` (no files, no actors). Prints seconds
+per generation (target < 1 s) and the peak memory of the driver and of the lineage actors; writes
+benchmarks/results/orchestration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.common import write_results
+from collapse.cluster.manifest import RunDir
+from collapse.cluster.study import run_study
+from collapse.trainer.config import Config
+from collapse.trainer.theory import simulate_lineage
+
+
+def _actor_peak_rss_mb() -> float:
+    peaks = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if "LineageWorker" in cmd or "ray::LineageWorker" in (p.info.get("name") or ""):
+            try:
+                peaks.append(p.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+    return max(peaks) if peaks else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lineages", type=int, default=64)
+    ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--local", action="store_true", help="in-process scheduler instead of Ray actors")
+    args = ap.parse_args()
+    seeds = list(range(args.lineages // 2))
+    cfg = Config().replace({
+        "study.name": "orchestration", "study.generations": args.generations, "model.family": "gaussian",
+        "grid.contamination": [1.0], "grid.regime": ["replace", "accumulate"], "grid.seed": seeds,
+        "theory.samples": 100, "theory.real_pool": 10000, "theory.eval_samples": 1000, "tracking.wandb": "disabled",
+    })
+    units = args.lineages * args.generations + len(seeds)  # generations 1..G per lineage + shared generation 0s
+
+    t = time.perf_counter()
+    for regime in ("replace", "accumulate"):
+        for s in seeds:
+            simulate_lineage(cfg, regime, 1.0, s, args.generations)
+    baseline = time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(Path(tmp) / "run")
+        run.create(cfg)
+        t = time.perf_counter()
+        result = run_study(run, local=args.local)
+        wall = time.perf_counter() - t
+        actor_mb = _actor_peak_rss_mb()
+        slots = run.sessions()[-1]["slots"]
+    driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    per_unit = wall / units
+    table = {
+        "units": units, "wall_s": wall, "slots": slots, "s_per_generation": per_unit,
+        "s_per_generation_per_slot": per_unit * slots, "in_memory_baseline_s": baseline,
+        "x_in_memory": wall / baseline if baseline else float("nan"),
+        "driver_peak_rss_mb": driver_mb, "lineage_actor_rss_mb": actor_mb, "rows": len(result.rows),
+    }
+    print(f"{args.lineages} lineages x {args.generations} generations ({units} units) on {slots} slot(s), {'local' if args.local else 'Ray'}")
+    print(f"wall {wall:.1f} s; {per_unit:.3f} s per generation ({per_unit * slots:.3f} s per generation per slot; target < 1 s)")
+    print(f"same units in memory: {baseline:.2f} s (framework = {wall / baseline:.0f}x the arithmetic)")
+    print(f"peak RSS: driver {driver_mb:.0f} MB, lineage actor {actor_mb:.0f} MB")
+    write_results("orchestration", vars(args), table)
+
+
+if __name__ == "__main__":
+    main()
