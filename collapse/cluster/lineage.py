@@ -42,13 +42,19 @@ class LineageWorker:
         if log_to_file:
             setup_worker_logging(run_dir, f"worker-{os.getpid()}")
         self.ctx = StudyContext(run_dir)
-        self.specs = {s.name: s for s in expand(self.ctx.cfg)}
+        from .search import load_points
+
+        self.specs = {s.name: s for s in expand(self.ctx.cfg, load_points(run_dir))}
         self.study_uid = study_uid
         self.spec: LineageSpec | None = None
         self._tracker: Tracker | None = None
 
     def open(self, lineage: str) -> None:
         self.close()
+        if lineage not in self.specs:  # launched by a contamination search after this actor started
+            from .search import load_points
+
+            self.specs = {s.name: s for s in expand(self.ctx.cfg, load_points(self.ctx.run.root))}
         self.spec = self.specs[lineage]
 
     @property

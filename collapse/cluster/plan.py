@@ -62,12 +62,17 @@ def gen0_key(cfg: Config, seed: int) -> str:
     return short_hash(json.dumps(blob, sort_keys=True))
 
 
-def expand(cfg: Config) -> list[LineageSpec]:
+def expand(cfg: Config, search_points: list[dict] | tuple = ()) -> list[LineageSpec]:
+    """The study's lineages: the grid's product, plus the lineages a contamination search added
+    (`search_points`: {contamination, regime, seed, extra}, in the order they were decided)."""
     g = cfg.grid
     extra_keys = list(g.extra)
     axes = [g.contamination, g.regime, g.seed] + [g.extra[k] for k in extra_keys]
+    combos = list(itertools.product(*axes))
+    for p in search_points:
+        combos.append((p["contamination"], p["regime"], p["seed"], *(dict(p.get("extra", {})).get(k) for k in extra_keys)))
     specs, seen = [], set()
-    for values in itertools.product(*axes):
+    for values in combos:
         c, regime, seed, *rest = values
         extra = dict(zip(extra_keys, rest))
         lineage_cfg = cfg.replace(extra) if extra else cfg
@@ -77,6 +82,14 @@ def expand(cfg: Config) -> list[LineageSpec]:
         seen.add(name)
         specs.append(LineageSpec(name, len(specs), float(c), regime, int(seed), tuple(extra.items()), gen0_key(lineage_cfg, seed), lineage_cfg))
     return specs
+
+
+def spec_for_point(cfg: Config, point: dict, index: int) -> LineageSpec:
+    """The lineage a contamination search launches (same construction as a grid lineage)."""
+    extra = {k: v for k, v in point.get("extra", [])}
+    lineage_cfg = cfg.replace(extra) if extra else cfg
+    c, regime, seed = float(point["contamination"]), point["regime"], int(point["seed"])
+    return LineageSpec(lineage_name(c, regime, seed, extra), index, c, regime, seed, tuple(extra.items()), gen0_key(lineage_cfg, seed), lineage_cfg)
 
 
 def gen0_groups(specs: list[LineageSpec]) -> dict[str, list[LineageSpec]]:

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..trainer.checkpoint import is_done, write_dir_atomic
+from ..trainer.checkpoint import is_done, read_json, write_dir_atomic
 from ..trainer.config import Config, ConfigError
 from ..trainer.corpus import load_documents, split_documents
 from ..trainer.data import RealData, prepare_real_data, sequences_per_generation
 from ..trainer.tokenizer import load_tokenizer, train_bpe
 from .lineage import LineageWorker
-from .manifest import DONE, RunDir
-from .plan import LineageSpec, estimated_cost, expand, gen0_groups
+from .manifest import DONE, UNIT_METRICS, RunDir
+from .plan import LineageSpec, estimated_cost, expand, gen0_groups, spec_for_point
+from .search import ThresholdSearch, load_points
 
 log = logging.getLogger(__name__)
 METRICS_EVERY_S = 5.0
@@ -96,6 +97,25 @@ class _Board:
         self.failed: dict[str, str] = {}
         self._metrics_written = -float("inf")
 
+    def add(self, spec: LineageSpec) -> None:
+        """A lineage launched mid-study (contamination search)."""
+        self.specs.append(spec)
+        self.tasks[spec.name] = self.progress.add_task(spec.name, total=self.G + 1, completed=1, status="queued (search)")
+
+    def launched_by(self, spec: LineageSpec, k: int, row: dict, cfg: Config) -> list[LineageSpec]:
+        """New lineages the contamination search wants after `spec` finished generation k."""
+        search = getattr(self, "search", None)
+        if search is None or k != search.G:
+            return []
+        gen0 = read_json(self.run.unit_dir(spec.name, 0) / UNIT_METRICS)
+        new = []
+        for point in search.observe(spec, gen0.get(search.metric, float("nan")), row.get(search.metric, float("nan"))):
+            s = spec_for_point(cfg, point, len(self.specs))
+            if s.name not in {x.name for x in self.specs}:
+                self.add(s)
+                new.append(s)
+        return new
+
     def started(self, name: str, k: int) -> None:
         self.progress.update(self.tasks[name], status=f"gen {k} running")
 
@@ -118,6 +138,19 @@ class _Board:
         self.progress.update(self.tasks[name], status="[red]failed[/red]")
 
 
+def _start_search(run: RunDir, cfg: Config, specs: list[LineageSpec]) -> ThresholdSearch | None:
+    """The contamination search, with every already finished lineage replayed (on resume)."""
+    if cfg.grid.contamination_search is None:
+        return None
+    search = ThresholdSearch(cfg.grid.contamination_search, specs, run.root)
+    for s in specs:
+        if run.unit_done(s.name, 0) and run.unit_done(s.name, search.G):
+            gen0 = read_json(run.unit_dir(s.name, 0) / UNIT_METRICS)
+            row = read_json(run.unit_dir(s.name, search.G) / UNIT_METRICS)
+            search.observe(s, gen0.get(search.metric, float("nan")), row.get(search.metric, float("nan")), replay=True)
+    return search
+
+
 def _log_study_run(run: RunDir, cfg: Config, rows: list[dict], uid: str) -> None:
     """The study-level W&B run (cross-lineage table and curves); never fails the study."""
     from ..launch.report import panels
@@ -136,16 +169,18 @@ def run_study(run: RunDir, local: bool = False, address: str | None = None, num_
     manifest = run.manifest()
     t0 = time.perf_counter()
     prepare(run, cfg)  # leftovers of interrupted writes are cleaned per unit, under its lock
-    specs = expand(cfg)
+    specs = expand(cfg, load_points(run.root))
     for s in specs:
         run.clear_failed(s.name)
     started = time.time()
     with _progress() as progress:
         board = _Board(run, specs, cfg.study.generations, progress)
+        board.search = _start_search(run, cfg, specs)
         if local:
             slots = _run_local(run, cfg, specs, manifest["uid"], board)
         else:
             slots = _run_ray(run, cfg, specs, manifest["uid"], board, address, num_cpus, dashboard)
+    specs = board.specs  # with the lineages a search added
     rows = run.write_metrics([s.name for s in specs], cfg.study.generations)
     _log_study_run(run, cfg, rows, manifest["uid"])
     seconds = time.perf_counter() - t0
@@ -186,6 +221,10 @@ class WorkQueue:
         if self.ready:
             return ("lineage", self.ready.pop(0))
         return None
+
+    def add(self, spec: LineageSpec) -> None:
+        """A lineage whose generation 0 exists (it shares its group's): ready at once."""
+        self.ready.insert(0, spec)
 
     def retry_later(self, item: tuple, delay: float) -> None:
         self.delayed.append((time.monotonic() + delay, item))
@@ -231,7 +270,10 @@ def _run_local(run: RunDir, cfg: Config, specs, uid: str, board: _Board) -> int:
             try:
                 for k in range(_next_generation(run, spec, G), G + 1):
                     board.started(spec.name, k)
-                    board.finished(spec.name, k, host.run_generation(k))
+                    row = host.run_generation(k)
+                    board.finished(spec.name, k, row)
+                    for new in board.launched_by(spec, k, row, cfg):
+                        queue.add(new)
             except Exception:
                 board.failed_lineage(spec.name, traceback.format_exc())
     finally:
@@ -340,6 +382,8 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
                 queue.gen0_done(what[1])
             else:
                 board.finished(what[1], what[2], result)
+                for new in board.launched_by(current[h], what[2], result, cfg):
+                    queue.add(new)
             assign(h)
         for idle in [i for i in hosts if not any(v[0] == i for v in inflight.values())]:
             assign(idle)  # lineages that just became ready (a generation 0 finished, a backoff ran out)

@@ -217,7 +217,77 @@ def _label(value) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def markdown(rows: list[dict], study_name: str, failed: dict[str, str], reference: dict[str, float] | None = None) -> str:
+SEARCH_PLOT = "contamination_search.png"
+
+
+def plot_search(root: Path) -> None:
+    """Rise vs contamination per group, in the order the search evaluated the points, with the target."""
+    import io
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = [json.loads(line) for line in (root / "search.jsonl").read_text().splitlines() if line.strip()]
+    observed: dict = defaultdict(list)
+    for e in events:
+        if e["event"] == "observe":
+            observed[e["group"]].append((e["contamination"], e["rise"]))
+    target = next((e["target_rise"] for e in events if "target_rise" in e), None)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for group, points in sorted(observed.items()):
+        cs, rises = zip(*sorted(points))
+        ax.plot(cs, rises, marker="o", label=group)
+        for i, (c, r) in enumerate(points):
+            ax.annotate(str(i + 1), (c, r), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if target is not None:
+        ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target rise {target:g}")
+    ax.set_xlabel("contamination c")
+    ax.set_ylabel("rise by the search generation")
+    ax.set_title("contamination search (numbers: evaluation order)", fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(root / SEARCH_PLOT, buf.getvalue())
+
+
+def search_section(root: Path) -> list[str]:
+    """The contamination search's decisions (search.jsonl): per group, every evaluated c with its
+    rise, and the threshold found."""
+    import json
+
+    path = root / "search.jsonl"
+    if not path.is_file():
+        return []
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    observed: dict = defaultdict(dict)
+    results = {}
+    for e in events:
+        if e["event"] == "observe":
+            observed[e["group"]][e["contamination"]] = e["rise"]
+        elif e["event"] == "result":
+            results[e["group"]] = e
+    if not observed:
+        return []
+    metric = next((e["metric"] for e in events if "metric" in e), "?")
+    target = next((e["target_rise"] for e in events if "target_rise" in e), None)
+    lines = ["", f"## Contamination search: smallest c whose `{metric}` rises by {target if target is not None else '?'} (relative to generation 0)", "",
+             "| group (regime, seed, axes) | evaluated c: rise | result | threshold |", "|---|---|---|---|"]
+    for group, points in sorted(observed.items()):
+        trail = ", ".join(f"{c:g}: {r:+.3f}" for c, r in sorted(points.items()))
+        res = results.get(group, {})
+        thr = res.get("threshold")
+        lines.append(f"| {group} | {trail} | {res.get('result', 'searching')} | {'' if thr is None else f'{thr:g}'} |")
+    return lines + ["", f"![contamination search]({SEARCH_PLOT})"]
+
+
+def markdown(rows: list[dict], study_name: str, failed: dict[str, str], reference: dict[str, float] | None = None,
+             extra_sections: list[str] | None = None) -> str:
     lines = [f"# Study `{study_name}`", "", f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.", ""]
     lines += ["## Change from first to last generation (mean over seeds)", ""]
     plotted = panels(rows)
@@ -242,6 +312,7 @@ def markdown(rows: list[dict], study_name: str, failed: dict[str, str], referenc
         lines += ["| metric | " + " | ".join(f"{r} c={c:g}" for r, c in cells) + " |", "|" + "---|" * (1 + len(cells))]
         for key, by_cell in warn.items():
             lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in cells) + " |")
+    lines += extra_sections or []
     for axis, table in axis_rankings(rows).items():
         lines += ["", f"## Ranking by `{axis}` (final generation, contaminated lineages)", "",
                   "Lower perplexity is better; `ref` rows are each regime without synthetic data.", ""] + table
@@ -262,5 +333,7 @@ def write_report(root: str | Path, failed: dict[str, str] | None = None) -> list
     reference = real_reference(root)
     if rows:
         plot(rows, root / PLOT_FILE, reference)
-    write_text_atomic(root / REPORT_FILE, markdown(rows, name, failed or {}, reference))
+    if (root / "search.jsonl").is_file():
+        plot_search(root)
+    write_text_atomic(root / REPORT_FILE, markdown(rows, name, failed or {}, reference, search_section(root)))
     return rows

@@ -41,7 +41,9 @@ class Snapshot:
 def snapshot(root: str | Path) -> Snapshot:
     run = RunDir(root)
     cfg = run.load_config()
-    specs, G = expand(cfg), cfg.study.generations
+    from ..cluster.search import load_points
+
+    specs, G = expand(cfg, load_points(root)), cfg.study.generations
     states, rows = {}, {}
     for spec in specs:
         failed = (run.lineage_dir(spec.name) / FAILED).is_file()

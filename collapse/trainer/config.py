@@ -63,6 +63,10 @@ class GridConfig:
     extra: dict[str, list[Any]] = doc(
         "Other grid axes as dotted config keys, e.g. {model.init: [scratch, previous]}.", default_factory=dict
     )
+    contamination_search: dict[str, Any] | None = doc(
+        "Set by writing grid.contamination as a mapping {search: threshold, metric, rise, at_generation, lo, hi, tol}: "
+        "bisection for the smallest c whose metric rises by `rise` (relative to generation 0) by `at_generation`.", default=None
+    )
 
 
 @dataclass
@@ -223,9 +227,31 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
+SEARCH_KEYS = {"search": "threshold", "metric": "ppl_real", "rise": 0.10, "at_generation": None, "lo": 0.0, "hi": 1.0, "tol": 0.05}
+
+
+def _search_spec(raw: dict, source: str) -> dict:
+    """`grid.contamination: {search: threshold, ...}` -> a complete, checked search spec."""
+    unknown = set(raw) - set(SEARCH_KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in `grid.contamination` search; valid: {sorted(SEARCH_KEYS)}")
+    spec = {**SEARCH_KEYS, **raw}
+    if spec["search"] != "threshold":
+        raise ConfigError(f"{source}: `grid.contamination.search` must be `threshold` (got {spec['search']!r})")
+    try:
+        for key in ("rise", "lo", "hi", "tol"):
+            spec[key] = float(spec[key])
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: `grid.contamination.{key}` must be a number (got {spec[key]!r})") from None
+    return spec
+
+
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: `{prefix.rstrip('.')}` must be a mapping, got {data!r}")
+    if cls is GridConfig and isinstance(data.get("contamination"), dict):
+        search = _search_spec(data["contamination"], source)
+        data = {**data, "contamination": [search["lo"], search["hi"]], "contamination_search": search}
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -293,6 +319,15 @@ def validate(cfg: Config) -> None:
     _check(bool(s.name) and "/" not in s.name, "study.name", "must be a non-empty name without '/'")
     _check(s.generations >= 1, "study.generations", f"must be >= 1 (got {s.generations})")
     _check(len(g.contamination) > 0, "grid.contamination", "must list at least one fraction")
+    if g.contamination_search is not None:
+        cs = g.contamination_search
+        if cs.get("at_generation") is None:
+            cs["at_generation"] = s.generations
+        _check(isinstance(cs["at_generation"], int) and 1 <= cs["at_generation"] <= s.generations, "grid.contamination.at_generation",
+               f"must be an integer in [1, study.generations={s.generations}]")
+        _check(0.0 <= cs["lo"] < cs["hi"] <= 1.0, "grid.contamination.lo", "and .hi must satisfy 0 <= lo < hi <= 1")
+        _check(0 < cs["tol"] < cs["hi"] - cs["lo"], "grid.contamination.tol", "must be > 0 and smaller than hi - lo")
+        _check(cs["rise"] > 0, "grid.contamination.rise", "must be > 0 (a relative change, e.g. 0.10)")
     for i, c in enumerate(g.contamination):
         _check(0.0 <= c <= 1.0, f"grid.contamination[{i}]", f"must be in [0, 1] (got {c})")
     _check(len(g.regime) > 0, "grid.regime", "must list at least one regime")
