@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,16 +28,35 @@ from collapse.trainer.config import Config
 from collapse.trainer.theory import simulate_lineage
 
 
-def _actor_peak_rss_mb() -> float:
-    peaks = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        cmd = " ".join(p.info.get("cmdline") or [])
-        if "LineageWorker" in cmd or "ray::LineageWorker" in (p.info.get("name") or ""):
-            try:
-                peaks.append(p.memory_info().rss / 2**20)
-            except psutil.Error:
-                pass
-    return max(peaks) if peaks else float("nan")
+class PeakRss:
+    """Samples, in a thread, the peak RSS of processes whose command line holds each marker (Ray
+    sets actor process titles to `ray::<Class>...`)."""
+
+    def __init__(self, *markers: str, every_s: float = 0.25):
+        self.markers, self.every_s = markers, every_s
+        self.peak = dict.fromkeys(markers, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(p.info.get("cmdline") or [])
+                for m in self.markers:
+                    if m in cmd:
+                        try:
+                            self.peak[m] = max(self.peak[m], p.memory_info().rss / 2**20)
+                        except psutil.Error:
+                            pass
+            self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def main() -> None:
@@ -63,9 +83,10 @@ def main() -> None:
         run = RunDir(Path(tmp) / "run")
         run.create(cfg)
         t = time.perf_counter()
-        result = run_study(run, local=args.local)
+        with PeakRss("LineageWorker", "StudyScheduler") as rss:
+            result = run_study(run, local=args.local)
         wall = time.perf_counter() - t
-        actor_mb = _actor_peak_rss_mb()
+        actor_mb, scheduler_mb = rss.peak["LineageWorker"], rss.peak["StudyScheduler"]
         slots = run.sessions()[-1]["slots"]
     driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     per_unit = wall / units
@@ -73,12 +94,13 @@ def main() -> None:
         "units": units, "wall_s": wall, "slots": slots, "s_per_generation": per_unit,
         "s_per_generation_per_slot": per_unit * slots, "in_memory_baseline_s": baseline,
         "x_in_memory": wall / baseline if baseline else float("nan"),
-        "driver_peak_rss_mb": driver_mb, "lineage_actor_rss_mb": actor_mb, "rows": len(result.rows),
+        "driver_peak_rss_mb": driver_mb, "scheduler_actor_peak_rss_mb": scheduler_mb, "lineage_actor_peak_rss_mb": actor_mb,
+        "rows": len(result.rows),
     }
     print(f"{args.lineages} lineages x {args.generations} generations ({units} units) on {slots} slot(s), {'local' if args.local else 'Ray'}")
     print(f"wall {wall:.1f} s; {per_unit:.3f} s per generation ({per_unit * slots:.3f} s per generation per slot; target < 1 s)")
     print(f"same units in memory: {baseline:.2f} s (framework = {wall / baseline:.0f}x the arithmetic)")
-    print(f"peak RSS: driver {driver_mb:.0f} MB, lineage actor {actor_mb:.0f} MB")
+    print(f"peak RSS: driver {driver_mb:.0f} MB, scheduler actor {scheduler_mb:.0f} MB, lineage actor {actor_mb:.0f} MB")
     write_results("orchestration", vars(args), table)
 
 

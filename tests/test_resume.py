@@ -111,3 +111,43 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
     assert proc.returncode == 0, stderr[-3000:]
     assert "retry 1/" in stderr  # the lost unit was retried, not failed
     assert _strip(read_metrics(out)) == expected
+
+
+@pytest.mark.ray
+def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_corpus, tmp_path):
+    """The scheduler is a detached actor on the cluster: SIGKILL the driver mid-study, units keep
+    completing without it, and `collapse resume --address` attaches to the same scheduler."""
+    import os
+    import subprocess
+
+    from ray.cluster_utils import Cluster
+
+    overrides = tiny_overrides(small_corpus, **OVERRIDES, **{"tracking.wandb": "disabled"})
+    ref = tmp_path / "ref"
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + [a for o in overrides for a in ("--set", o)]) == 0
+    expected = _strip(read_metrics(ref))
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    sets = [a for o in overrides for a in ("--set", o)]
+    try:
+        driver = subprocess.Popen([sys.executable, "-m", "collapse", "sweep", str(CONFIGS / "smoke.yaml"), "--out", str(out),
+                                   "--address", cluster.address] + sets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        assert _wait_for(lambda: any((out / "lineages").glob("*/gen_001/DONE")), driver), "never reached generation 1"
+        driver.kill()  # the driver only: the cluster and the scheduler actor live on
+        driver.wait()
+        done_at_kill = len(list((out / "lineages").glob("*/gen_*/DONE")))
+        t0 = time.time()
+        while len(list((out / "lineages").glob("*/gen_*/DONE"))) <= done_at_kill and time.time() - t0 < 120:
+            time.sleep(0.2)
+        assert len(list((out / "lineages").glob("*/gen_*/DONE"))) > done_at_kill  # progress without a driver
+        resumed = subprocess.run([sys.executable, "-m", "collapse", "resume", str(out), "--address", cluster.address],
+                                 capture_output=True, text=True, timeout=400, env=env)
+    finally:
+        cluster.shutdown()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "attached to the study's running scheduler" in resumed.stderr
+    assert _strip(read_metrics(out)) == expected

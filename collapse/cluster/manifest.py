@@ -24,6 +24,7 @@ STUDY_FILE = "study.yaml"
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.jsonl"
 SESSIONS_FILE = "sessions.jsonl"  # one line per run/resume: start, seconds, mode, slots
+EVENTS_FILE = "events.jsonl"  # retries and failures, as the scheduler decided them
 DONE = "DONE"
 FAILED = "FAILED.json"
 UNIT_METRICS = "metrics.json"
@@ -110,6 +111,17 @@ class RunDir:
         path = self.root / SESSIONS_FILE
         old = path.read_text() if path.is_file() else ""
         write_text_atomic(path, old + json.dumps(entry, sort_keys=True) + "\n")
+
+    def log_event(self, entry: dict) -> None:
+        """events.jsonl: what the scheduler did that a watching driver should say (retries,
+        failures); the scheduler may run in another process than the driver that prints."""
+        path = self.root / EVENTS_FILE
+        old = path.read_text() if path.is_file() else ""
+        write_text_atomic(path, old + json.dumps({"time": time.time(), **entry}, sort_keys=True) + "\n")
+
+    def events(self) -> list[dict]:
+        path = self.root / EVENTS_FILE
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
     def sessions(self) -> list[dict]:
         path = self.root / SESSIONS_FILE

@@ -21,7 +21,7 @@ from ..trainer.config import Config, ConfigError
 from ..trainer.corpus import load_documents, split_documents
 from ..trainer.data import RealData, prepare_real_data, sequences_per_generation
 from ..trainer.tokenizer import load_tokenizer, train_bpe
-from .lineage import LineageWorker
+from .lineage import LineageWorker, setup_worker_logging
 from .manifest import DONE, UNIT_METRICS, RunDir
 from .plan import LineageSpec, estimated_cost, expand, gen0_groups, spec_for_point
 from .search import ThresholdSearch, load_points
@@ -128,13 +128,15 @@ class _Board:
             self.run.write_metrics([s.name for s in self.specs], self.G)
             self._metrics_written = time.monotonic()
 
-    def retrying(self, name: str | None, attempt: int) -> None:
-        if name is not None:
-            self.progress.update(self.tasks[name], status=f"[yellow]retry {attempt}[/yellow] (actor lost)")
+    def retrying(self, what: str, attempt: int, of: int, delay: float, error: str) -> None:
+        self.run.log_event({"event": "retry", "unit": what, "attempt": attempt, "max": of, "delay_s": delay, "error": error})
+        if what in self.tasks:
+            self.progress.update(self.tasks[what], status=f"[yellow]retry {attempt}[/yellow] (actor lost)")
 
     def failed_lineage(self, name: str, error: str) -> None:
         self.failed[name] = error
         self.run.mark_failed(name, error)
+        self.run.log_event({"event": "failed", "lineage": name, "error": error.strip().splitlines()[-1] if error.strip() else ""})
         self.progress.update(self.tasks[name], status="[red]failed[/red]")
 
 
@@ -173,19 +175,122 @@ def run_study(run: RunDir, local: bool = False, address: str | None = None, num_
     for s in specs:
         run.clear_failed(s.name)
     started = time.time()
-    with _progress() as progress:
-        board = _Board(run, specs, cfg.study.generations, progress)
-        board.search = _start_search(run, cfg, specs)
-        if local:
+    if local:
+        with _progress() as progress:
+            board = _Board(run, specs, cfg.study.generations, progress)
+            board.search = _start_search(run, cfg, specs)
             slots = _run_local(run, cfg, specs, manifest["uid"], board)
-        else:
-            slots = _run_ray(run, cfg, specs, manifest["uid"], board, address, num_cpus, dashboard)
-    specs = board.specs  # with the lineages a search added
-    rows = run.write_metrics([s.name for s in specs], cfg.study.generations)
-    _log_study_run(run, cfg, rows, manifest["uid"])
+        failed = board.failed
+        rows = run.write_metrics([s.name for s in board.specs], cfg.study.generations)  # with the lineages a search added
+        _log_study_run(run, cfg, rows, manifest["uid"])
+    else:
+        init_ray(address, num_cpus, dashboard)
+        outcome = _drive_scheduler(run, cfg, manifest["uid"])
+        failed, slots = outcome["failed"], outcome["slots"]
+        rows = read_metrics_rows(run, cfg)
     seconds = time.perf_counter() - t0
-    run.log_session({"started": started, "seconds": seconds, "mode": "local" if local else "ray", "slots": slots, "failed": sorted(board.failed)})
-    return StudyResult(rows, board.failed, seconds)
+    run.log_session({"started": started, "seconds": seconds, "mode": "local" if local else "ray", "slots": slots, "failed": sorted(failed)})
+    return StudyResult(rows, failed, seconds)
+
+
+def read_metrics_rows(run: RunDir, cfg: Config) -> list[dict]:
+    return run.write_metrics([s.name for s in expand(cfg, load_points(run.root))], cfg.study.generations)
+
+
+# ------------------------------------------------------------------------------------------------
+# The scheduler: a detached Ray actor that owns the study's plan. The driver only starts (or finds)
+# it and watches the run directory, so the driver can die (a closed laptop, a login node) and
+# `collapse resume` re-attaches to the scheduler that is still running.
+
+SCHEDULER_NAMESPACE = "collapse"
+
+
+def scheduler_name(uid: str) -> str:
+    return f"collapse-scheduler-{uid}"
+
+
+class StudyScheduler:
+    def __init__(self, run_dir: str, uid: str):
+        setup_worker_logging(run_dir, "scheduler")
+        self.run_dir, self.uid = run_dir, uid
+
+    def run(self) -> dict:
+        """Run every unit not yet done; return {failed, slots}. Calls queue up behind a running
+        one, so a re-attached driver's call returns when the study is finished."""
+        run = RunDir(self.run_dir)
+        cfg = run.load_config()
+        specs = expand(cfg, load_points(run.root))
+        board = _Board(run, specs, cfg.study.generations, Progress(disable=True))
+        board.search = _start_search(run, cfg, specs)
+        slots = _run_ray(run, cfg, specs, self.uid, board)
+        rows = run.write_metrics([s.name for s in board.specs], cfg.study.generations)
+        _log_study_run(run, cfg, rows, self.uid)
+        return {"failed": board.failed, "slots": slots}
+
+
+def _drive_scheduler(run: RunDir, cfg: Config, uid: str, max_restarts: int = 3) -> dict:
+    """Find or start the study's scheduler, watch the run dir until it is done, then stop it."""
+    import ray
+    from ray.exceptions import RayActorError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = scheduler_name(uid)
+    restarts = 0
+    seen_events = len(run.events())
+    while True:
+        try:
+            sched = ray.get_actor(name, namespace=SCHEDULER_NAMESPACE)
+            console.print(f"attached to the study's running scheduler ({name})")
+        except ValueError:
+            # Next to the driver (soft): on a cluster, the head node, which outlives worker nodes.
+            here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+            sched = ray.remote(StudyScheduler).options(
+                name=name, namespace=SCHEDULER_NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=0,
+                scheduling_strategy=here,
+            ).remote(str(run.root), uid)
+        ref = sched.run.remote()
+        try:
+            seen_events = _watch(run, cfg, ref, seen_events)
+            outcome = ray.get(ref)
+            break
+        except RayActorError as exc:
+            restarts += 1
+            if restarts > max_restarts:
+                raise
+            console.print(f"[yellow]the scheduler was lost ({type(exc).__name__}); starting a new one (progress is on disk)[/yellow]")
+    ray.kill(sched)  # detached: it would outlive the study otherwise
+    return outcome
+
+
+def _watch(run: RunDir, cfg: Config, ref, seen_events: int) -> int:
+    """Live progress from the run dir (the scheduler may be on another node) until `ref` is ready."""
+    import ray
+
+    from ..launch.status import DONE_S, FAILED_S, RUNNING, snapshot
+
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+        while True:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            snap = snapshot(run.root)
+            for name in snap.lineages:
+                states = [snap.states[(name, k)] for k in range(snap.generations + 1)]
+                done = sum(st == DONE_S for st in states)
+                if name not in tasks:
+                    tasks[name] = progress.add_task(name, total=snap.generations + 1, completed=done, status="queued")
+                last = snap.rows.get((name, done - 1), {}) if done else {}
+                status = ("[red]failed[/red]" if FAILED_S in states else f"gen {states.index(RUNNING)} running" if RUNNING in states
+                          else "done  " + _fmt_row(last) if done == len(states) else _fmt_row(last) if done else "queued")
+                progress.update(tasks[name], completed=done, status=status)
+            events = run.events()
+            for e in events[seen_events:]:
+                if e["event"] == "retry":
+                    console.print(f"[yellow]{e['unit']}: actor lost ({e['error'][:120]}); retry {e['attempt']}/{e['max']} in {e['delay_s']:.0f} s[/yellow]")
+                elif e["event"] == "failed":
+                    console.print(f"[red]{e['lineage']} failed[/red]: {e['error'][:200]}")
+            seen_events = len(events)
+            if ready:
+                return seen_events
 
 
 class WorkQueue:
@@ -304,11 +409,11 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 1024**2, **kwargs)
 
 
-def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, num_cpus, dashboard) -> int:
+def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board) -> int:
+    """The scheduling loop (inside the StudyScheduler actor): a pool of lineage actors."""
     import ray
     from ray.exceptions import RayActorError
 
-    init_ray(address, num_cpus, dashboard)
     G, cpu = cfg.study.generations, cfg.resources.cpu
     queue = WorkQueue(run, specs, G)
     work = len(queue.gen0) + len(queue.ready) + sum(len(v) for v in queue.waiting.values())
@@ -367,7 +472,7 @@ def _run_ray(run: RunDir, cfg: Config, specs, uid: str, board: _Board, address, 
                                     key, type(exc).__name__, attempts[key], res.max_retries, delay)
                         item = ("gen0", what[1], queue.gen0_names(what[1])) if what[0] == "gen0" else ("lineage", current_spec)
                         queue.retry_later(item, delay)
-                        board.retrying(what[1] if what[0] == "gen" else None, attempts[key])
+                        board.retrying(what[1], attempts[key], res.max_retries, delay, error)
                         assign(h)
                         continue
                     error += f" (after {res.max_retries} retries)"
