@@ -148,10 +148,24 @@ class WorkerGroup:
         import ray
 
         self.remote = True
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        # A placement group reserves every rank's CPUs/GPUs at once (gang scheduling): two lineages
+        # can never each hold half of the resources the other is waiting for. PACK keeps ranks on
+        # as few nodes as possible (fast collectives) and spreads them when one node is too small.
         # GPUs come from config, not from this process's view: the lineage actor that builds the
         # group usually holds none itself.
-        Actor = ray.remote(TrainWorker).options(num_cpus=cpu_per_worker, num_gpus=gpu_per_worker)
-        self.workers = [Actor.remote(r, workers, cpu_per_worker) for r in range(workers)]
+        bundle = {"CPU": cpu_per_worker, **({"GPU": gpu_per_worker} if gpu_per_worker else {})}
+        self.placement = placement_group([dict(bundle) for _ in range(workers)], strategy="PACK")
+        ray.get(self.placement.ready())
+        self.workers = [
+            ray.remote(TrainWorker).options(
+                num_cpus=cpu_per_worker, num_gpus=gpu_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
+            ).remote(r, workers, cpu_per_worker)
+            for r in range(workers)
+        ]
         addr, port = ray.get(self.workers[0].address.remote())
         ray.get([w.setup.remote(addr, port) for w in self.workers])
 
@@ -185,9 +199,11 @@ class WorkerGroup:
         finally:
             if self.remote:
                 import ray
+                from ray.util.placement_group import remove_placement_group
 
                 for w in self.workers:
                     ray.kill(w)
+                remove_placement_group(self.placement)
             self.workers = []
 
 
