@@ -142,7 +142,7 @@ class EvalConfig:
     rare_ngram_max_count: int = doc("A held-out bigram is rare if it occurs at most this often in the real train split.", default=1)
     top_k: int = doc("Rare-bigram recall counts the next token as recalled if it is in the model's top-k.", default=10)
     bootstrap: int = doc("Resamples for 95% intervals per metric and generation: bootstrap, or half-sampling for set-level sample metrics (0 = off).", default=100)
-    embeddings: bool = doc("Embedding diversity of samples (MiniLM; skipped with a note if the `embed` extra is missing).", default=True)
+    embeddings: bool = doc("Embedding metrics of samples: diversity, Vendi, MAUVE, k-NN precision/recall (MiniLM; skipped with a note without the `embed` extra).", default=True)
 
 
 @dataclass
