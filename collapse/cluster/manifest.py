@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..trainer.checkpoint import is_done, read_json, write_json_atomic, write_text_atomic
+from ..trainer.checkpoint import is_done, read_json, remove_tree, write_json_atomic, write_text_atomic
 from ..trainer.config import Config, ConfigError, dump_config, load_config
 
 STUDY_FILE = "study.yaml"
@@ -131,7 +131,9 @@ class RunDir:
         write_json_atomic(self.lineage_dir(lineage) / FAILED, {"error": error, "time": time.time()})
 
     def clear_failed(self, lineage: str) -> None:
-        (self.lineage_dir(lineage) / FAILED).unlink(missing_ok=True)
+        path = self.lineage_dir(lineage) / FAILED
+        if path.exists():
+            remove_tree(path)
 
 
 def read_metrics(root: str | Path) -> list[dict]:

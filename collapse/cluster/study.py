@@ -188,9 +188,19 @@ def run_study(run: RunDir, local: bool = False, address: str | None = None, num_
         outcome = _drive_scheduler(run, cfg, manifest["uid"])
         failed, slots = outcome["failed"], outcome["slots"]
         rows = read_metrics_rows(run, cfg)
+    _mirror_wandb(run)
     seconds = time.perf_counter() - t0
     run.log_session({"started": started, "seconds": seconds, "mode": "local" if local else "ray", "slots": slots, "failed": sorted(failed)})
     return StudyResult(rows, failed, seconds)
+
+
+def _mirror_wandb(run: RunDir) -> None:
+    """W&B writes its offline files itself (not through the atomic writers): upload them once the
+    study's runs are closed, when the run directory has a remote home."""
+    from ..trainer.storage import after_write
+
+    if (run.root / "wandb").is_dir():
+        after_write(run.root / "wandb")
 
 
 def read_metrics_rows(run: RunDir, cfg: Config) -> list[dict]:

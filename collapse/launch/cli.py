@@ -99,11 +99,16 @@ def _execute(run_dir: Path, args) -> int:
 def cmd_run(args) -> int:
     from ..cluster.manifest import RunDir
 
+    from ..trainer.storage import is_remote, local_run_dir
+
     cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.out or Path("runs") / cfg.study.name)
+    out = str(args.out or Path("runs") / cfg.study.name)
+    run_dir = local_run_dir(out)  # a URI: a local working copy, mirrored to the URI as it is written
     run = RunDir(run_dir)
     if run.exists():
-        raise ConfigError(f"--out {run_dir} already holds a study; `collapse resume {run_dir}` continues it, or pass another --out")
+        raise ConfigError(f"--out {out} already holds a study; `collapse resume {out}` continues it, or pass another --out")
+    if is_remote(out):
+        console.print(f"run directory {out} (working copy {run_dir})")
     run.create(cfg)
     return _execute(run_dir, args)
 
@@ -117,28 +122,36 @@ def cmd_sweep(args) -> int:
 def cmd_resume(args) -> int:
     from ..cluster.manifest import RunDir
 
-    run = RunDir(args.dir)
+    from ..trainer.storage import local_run_dir
+
+    run_dir = local_run_dir(args.dir)  # a URI: download what the local working copy lacks
+    run = RunDir(run_dir)
     run.load_config()  # ConfigError if this is not a run dir
     run.manifest()
-    return _execute(Path(args.dir), args)
+    return _execute(run_dir, args)
 
 
 def cmd_report(args) -> int:
     from ..cluster.manifest import RunDir
     from .report import PLOT_FILE, REPORT_FILE, print_table, write_report
 
-    RunDir(args.dir).load_config()
-    rows = write_report(args.dir)
+    from ..trainer.storage import local_run_dir
+
+    run_dir = local_run_dir(args.dir)
+    RunDir(run_dir).load_config()
+    rows = write_report(run_dir)
     print_table(rows)
-    console.print(f"wrote {Path(args.dir) / PLOT_FILE} and {Path(args.dir) / REPORT_FILE}")
+    console.print(f"wrote {run_dir / PLOT_FILE} and {run_dir / REPORT_FILE}")
     return EXIT_OK
 
 
 def cmd_status(args) -> int:
     from .status import show
 
+    from ..trainer.storage import local_run_dir
+
     try:
-        show(args.dir, args.watch)
+        show(local_run_dir(args.dir), args.watch)
     except KeyboardInterrupt:
         pass
     return EXIT_OK

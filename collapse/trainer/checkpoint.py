@@ -39,6 +39,26 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    _mirrored(path)
+
+
+def _mirrored(path: Path) -> None:
+    """Upload what was just written when the run lives at a remote URI (storage.py)."""
+    from .storage import after_write
+
+    after_write(path)
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a directory (or file) here and in the run's remote copy, if any."""
+    from .storage import after_delete
+
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    after_delete(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -87,6 +107,7 @@ def replace_dir(tmp: str | Path, path: str | Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    _mirrored(path)
 
 
 def clean_tmp(root: str | Path) -> None:

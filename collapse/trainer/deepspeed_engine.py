@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import read_json, replace_dir, write_json_atomic
+from .checkpoint import read_json, remove_tree, replace_dir, write_json_atomic
 from .config import TrainConfig, resolve_deepspeed_config
 from .engine import STEP_DIR, STEP_DONE, TrainResult, batch_indices, lr_at, make_optimizer, total_steps
 
@@ -110,7 +110,7 @@ class DeepSpeedEngine:
             replace_dir(tmp, final)  # every rank's shards are fsynced before the checkpoint appears
             for old in root.glob("step_*"):
                 if old.name != final.name:
-                    shutil.rmtree(old, ignore_errors=True)
+                    remove_tree(old)
         _barrier()
 
     def _restore(self, engine, root: Path) -> tuple[int, list[float]]:

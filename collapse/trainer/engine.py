@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
 
-from .checkpoint import mark_done, read_json, write_dir_atomic
+from .checkpoint import mark_done, read_json, remove_tree, write_dir_atomic
 from .config import TrainConfig
 from .seeding import numpy_rng
 
@@ -159,7 +158,7 @@ class TorchEngine:
         write_dir_atomic(root / STEP_DIR.format(step), fill)
         for old in sorted(root.glob("step_*")):  # keep only the newest valid checkpoint
             if old.name != STEP_DIR.format(step):
-                shutil.rmtree(old, ignore_errors=True)
+                remove_tree(old)
 
     def _restore(self, model, optimizer, root: Path) -> tuple[int, list[float]]:
         valid = sorted(p for p in root.glob("step_*") if (p / STEP_DONE).is_file()) if root.exists() else []

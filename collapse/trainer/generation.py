@@ -14,7 +14,6 @@ stopped, and every stage is a deterministic function of seeds and earlier stages
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +25,7 @@ import torch
 from ..cluster.manifest import DONE, SHARED_POINTER, UNIT_METRICS, RunDir
 from ..cluster.plan import LineageSpec
 from . import metrics as M
-from .checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, write_bytes_atomic, write_json_atomic
+from .checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, remove_tree, write_bytes_atomic, write_json_atomic
 from .config import Config
 from .data import REAL, RealData, build_training_set, rows_per_generation
 from .distributed import DistributedSampler, InitSpec, WorkerGroup
@@ -208,8 +207,8 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
             "mitigation": filter_stats,
         }
         write_json_atomic(out / TRAIN_META, meta)  # last: the train stage is done
-        shutil.rmtree(out / TRAIN_STATE, ignore_errors=True)
-        (out / TRAIN_ROWS).unlink(missing_ok=True)
+        remove_tree(out / TRAIN_STATE)
+        remove_tree(out / TRAIN_ROWS)
         timing["train_s"] = time.perf_counter() - t
     else:
         model = load_model(out / MODEL_DIR)
