@@ -50,13 +50,14 @@ class Mirror:
         self.fs, self.base = fsspec.core.url_to_fs(self.uri)
 
     def _remote(self, path: Path) -> str:
-        rel = path.resolve().relative_to(self.local_root).as_posix()
+        # the parent is resolved, not the file: a symlink (W&B links its logs elsewhere) stays in place
+        rel = (path.parent.resolve() / path.name).relative_to(self.local_root).as_posix()
         return f"{self.base}/{rel}" if rel != "." else self.base
 
     def push(self, path: Path) -> None:
         """Upload a file, or every file of a directory (in sorted order), under its relative path."""
         path = Path(path)
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
         for f in files:
             if f.name.endswith(_SKIP) or f.name == REMOTE_FILE:
                 continue
