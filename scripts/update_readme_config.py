@@ -6,11 +6,15 @@ tests/test_config.py::test_readme_config_reference_is_current fails until this h
 a config field changed.
 """
 
+import sys
 from pathlib import Path
 
-from collapse.trainer.config import reference_markdown
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, whatever an editable install points at
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from collapse.trainer.config import reference_markdown  # noqa: E402
+
+README = ROOT / "README.md"
 START, END = "| key | default | meaning |", "\n\nShipped configs:"
 
 text = README.read_text()
