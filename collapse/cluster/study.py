@@ -213,6 +213,7 @@ def read_metrics_rows(run: RunDir, cfg: Config) -> list[dict]:
 # `collapse resume` re-attaches to the scheduler that is still running.
 
 SCHEDULER_NAMESPACE = "collapse"
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 
 
 def scheduler_name(uid: str) -> str:
@@ -252,12 +253,14 @@ def _drive_scheduler(run: RunDir, cfg: Config, uid: str, max_restarts: int = 3) 
             sched = ray.get_actor(name, namespace=SCHEDULER_NAMESPACE)
             console.print(f"attached to the study's running scheduler ({name})")
         except ValueError:
-            # Next to the driver (soft): on a cluster, the head node, which outlives worker nodes.
-            here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-            sched = ray.remote(StudyScheduler).options(
-                name=name, namespace=SCHEDULER_NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=0,
-                scheduling_strategy=here,
-            ).remote(str(run.root), uid)
+            # On the head node, which holds the cluster's state and outlives worker nodes (the
+            # driver may be attached to any node); next to the driver where there is no head marker.
+            options = dict(name=name, namespace=SCHEDULER_NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=0)
+            if HEAD_RESOURCE in ray.cluster_resources():
+                options["resources"] = {HEAD_RESOURCE: 0.001}
+            else:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+            sched = ray.remote(StudyScheduler).options(**options).remote(str(run.root), uid)
         ref = sched.run.remote()
         try:
             seen_events = _watch(run, cfg, ref, seen_events)
@@ -294,10 +297,12 @@ def _watch(run: RunDir, cfg: Config, ref, seen_events: int) -> int:
                 progress.update(tasks[name], completed=done, status=status)
             events = run.events()
             for e in events[seen_events:]:
+                # soft_wrap: one line per event, whatever the terminal width (logs are grepped)
                 if e["event"] == "retry":
-                    console.print(f"[yellow]{e['unit']}: actor lost ({e['error'][:120]}); retry {e['attempt']}/{e['max']} in {e['delay_s']:.0f} s[/yellow]")
+                    console.print(f"[yellow]retry {e['attempt']}/{e['max']} in {e['delay_s']:.0f} s: {e['unit']} lost its actor "
+                                  f"({e['error'][:120]})[/yellow]", soft_wrap=True)
                 elif e["event"] == "failed":
-                    console.print(f"[red]{e['lineage']} failed[/red]: {e['error'][:200]}")
+                    console.print(f"[red]{e['lineage']} failed[/red]: {e['error'][:200]}", soft_wrap=True)
             seen_events = len(events)
             if ready:
                 return seen_events
