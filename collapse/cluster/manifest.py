@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..trainer.checkpoint import is_done, read_json, remove_tree, write_json_atomic, write_text_atomic
+from ..trainer.checkpoint import append_jsonl_atomic, is_done, read_json, remove_tree, write_json_atomic, write_text_atomic
 from ..trainer.config import Config, ConfigError, dump_config, load_config
 
 STUDY_FILE = "study.yaml"
@@ -108,16 +108,12 @@ class RunDir:
         return rows
 
     def log_session(self, entry: dict) -> None:
-        path = self.root / SESSIONS_FILE
-        old = path.read_text() if path.is_file() else ""
-        write_text_atomic(path, old + json.dumps(entry, sort_keys=True) + "\n")
+        append_jsonl_atomic(self.root / SESSIONS_FILE, entry)
 
     def log_event(self, entry: dict) -> None:
         """events.jsonl: what the scheduler did that a watching driver should say (retries,
         failures); the scheduler may run in another process than the driver that prints."""
-        path = self.root / EVENTS_FILE
-        old = path.read_text() if path.is_file() else ""
-        write_text_atomic(path, old + json.dumps({"time": time.time(), **entry}, sort_keys=True) + "\n")
+        append_jsonl_atomic(self.root / EVENTS_FILE, {"time": time.time(), **entry})
 
     def events(self) -> list[dict]:
         path = self.root / EVENTS_FILE

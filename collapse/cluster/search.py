@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..trainer import metrics as M
-from ..trainer.checkpoint import write_text_atomic
+from ..trainer.checkpoint import append_jsonl_atomic
 
 SEARCH_FILE = "search.jsonl"
 
@@ -66,12 +66,6 @@ def load_points(root: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == "launch"]
-
-
-def _append(root: Path, entry: dict) -> None:
-    path = Path(root) / SEARCH_FILE
-    old = path.read_text() if path.is_file() else ""
-    write_text_atomic(path, old + json.dumps(entry, sort_keys=True) + "\n")
 
 
 class ThresholdSearch:
@@ -134,4 +128,4 @@ class ThresholdSearch:
 
     def _log(self, entry: dict) -> None:
         if self.root is not None and not getattr(self, "_replaying", False):
-            _append(self.root, entry)
+            append_jsonl_atomic(Path(self.root) / SEARCH_FILE, entry)

@@ -69,6 +69,25 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_npy_atomic(path: str | Path, array) -> None:
+    """An array as a .npy file (np.load / mmap-able), written atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def append_jsonl_atomic(path: str | Path, entry: dict) -> None:
+    """Append one JSON line by rewriting the file atomically: readers never see half a line.
+    For small logs (sessions, events, search decisions), not per-step data."""
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    write_text_atomic(path, old + json.dumps(entry, sort_keys=True) + "\n")
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

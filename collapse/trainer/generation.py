@@ -25,7 +25,7 @@ import torch
 from ..cluster.manifest import DONE, SHARED_POINTER, UNIT_METRICS, RunDir
 from ..cluster.plan import LineageSpec
 from . import metrics as M
-from .checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, remove_tree, write_bytes_atomic, write_json_atomic
+from .checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, remove_tree, write_json_atomic, write_npy_atomic
 from .config import Config
 from .data import REAL, RealData, build_training_set, rows_per_generation
 from .distributed import DistributedSampler, InitSpec, WorkerGroup
@@ -176,7 +176,7 @@ def _run_stages(ctx: StudyContext, unit: Unit, out: Path) -> dict:
         seeds = (study.seed, unit.label, k)
         if cfg.train.engine == "deepspeed":
             rows_path = out / TRAIN_ROWS
-            write_bytes_atomic(rows_path, _npy_bytes(tset.rows))  # the workers mmap it (a resume rebuilds the same set)
+            write_npy_atomic(rows_path, tset.rows)  # the workers mmap it (a resume rebuilds the same set)
             group = ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu)
             result, sha = group.fit(init, rows_path, cfg.train, seeds, out / TRAIN_STATE, out / MODEL_DIR, ctx.run.tokenizer_dir)
             model = load_model(out / MODEL_DIR)
@@ -312,11 +312,3 @@ def _sampler(ctx: StudyContext, cfg: Config, out: Path):
     if cfg.train.engine == "deepspeed" and cfg.train.workers > 1:
         return DistributedSampler(ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu), out / MODEL_DIR, cfg.sample)
     return build_sampler(cfg.sample)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()

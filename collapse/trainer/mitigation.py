@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .checkpoint import write_bytes_atomic
+from .checkpoint import write_npy_atomic
 from .data import REAL, TrainingSet
 from .seeding import derive_seed, numpy_rng
 from .watermark import Watermark
@@ -63,11 +63,7 @@ def verified_order(corpus: np.ndarray, candidates: int, corpus_dir: Path, score)
         scores = np.load(path)
     else:
         scores = score(corpus)
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, scores)
-        write_bytes_atomic(path, buf.getvalue())
+        write_npy_atomic(path, scores)
     return corpus[:candidates][np.argsort(scores[:candidates], kind="stable")]
 
 

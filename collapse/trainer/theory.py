@@ -9,14 +9,13 @@ that it reproduces what a real study writes.
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics as M
-from .checkpoint import is_done, mark_done, read_json, write_bytes_atomic, write_dir_atomic, write_json_atomic
+from .checkpoint import is_done, mark_done, read_json, write_dir_atomic, write_json_atomic, write_npy_atomic
 from .data import RealData, TrainingSet, build_training_set, rows_per_generation
 from .families import get_family
 from .seeding import numpy_rng
@@ -45,12 +44,6 @@ def prepare_theory_data(out_dir: Path, cfg) -> None:
         write_json_atomic(tmp / "stats.json", {"family": family.name, "train": {"samples": len(train)}, "eval": {"samples": len(held_out)}})
 
     write_dir_atomic(out_dir, fill)
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
 
 
 def generation_step(family, truth, tset: TrainingSet, fit_rng, sample_rng, n_synthetic: int, eval_rows) -> tuple[dict, np.ndarray, dict]:
@@ -87,7 +80,7 @@ def run_theory_stages(ctx, unit, out: Path) -> dict:
     # all of them, deterministically. Artifacts are still written atomically, DONE last.
     write_json_atomic(out / PARAMS, params)
     if wants_corpus and not is_done(out, SYNTHETIC_META):
-        write_bytes_atomic(out / SYNTHETIC, _npy_bytes(synthetic))
+        write_npy_atomic(out / SYNTHETIC, synthetic)
         mark_done(out, SYNTHETIC_META, {"rows": len(synthetic), "lineage": unit.label, "generation": k, "is_synthetic": True,
                                         "parent_params": PARAMS})
     summary = tset.summary(1)
