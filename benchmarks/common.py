@@ -14,7 +14,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def write_results(name: str, config: dict, results: dict) -> Path:
     """benchmarks/results/<name>.json with the machine it ran on, the config and the results."""
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine, "config": config, "results": results}, indent=2) + "\n")

@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common import write_results
-from collapse.cluster.manifest import RunDir
 from collapse.cluster.study import run_study
-from collapse.trainer.config import Config
-from collapse.trainer.theory import simulate_lineage
+from collapse.core.config import Config
+from collapse.core.rundir import RunDir
+from collapse.pipeline.theory import simulate_lineage
 
 
 class PeakRss:
@@ -69,16 +69,44 @@ def main() -> None:
     ap.add_argument("--lm", action="store_true", help="a tiny language model instead of the do-nothing gaussian family")
     args = ap.parse_args()
     seeds = list(range(args.lineages // 2))
-    common = {"study.name": "orchestration", "study.generations": args.generations, "grid.contamination": [1.0],
-              "grid.regime": ["replace", "accumulate"], "grid.seed": seeds, "tracking.wandb": "disabled"}
+    common = {
+        "study.name": "orchestration",
+        "study.generations": args.generations,
+        "grid.contamination": [1.0],
+        "grid.regime": ["replace", "accumulate"],
+        "grid.seed": seeds,
+        "tracking.wandb": "disabled",
+    }
     if args.lm:
-        cfg = Config().replace({**common, "data.seq_len": 32, "data.tokens_per_generation": 2048, "data.vocab_size": 512,
-                                "data.eval_sequences": 64, "model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2,
-                                "model.d_ff": 64, "train.batch_size": 16, "train.micro_batch_size": 16, "sample.batch_size": 64,
-                                "eval.num_samples": 16, "eval.embeddings": False, "eval.bootstrap": 20})
+        cfg = Config().replace(
+            {
+                **common,
+                "data.seq_len": 32,
+                "data.tokens_per_generation": 2048,
+                "data.vocab_size": 512,
+                "data.eval_sequences": 64,
+                "model.d_model": 32,
+                "model.n_layers": 2,
+                "model.n_heads": 2,
+                "model.d_ff": 64,
+                "train.batch_size": 16,
+                "train.micro_batch_size": 16,
+                "sample.batch_size": 64,
+                "eval.num_samples": 16,
+                "eval.embeddings": False,
+                "eval.bootstrap": 20,
+            }
+        )
     else:
-        cfg = Config().replace({**common, "model.family": "gaussian", "theory.samples": 100, "theory.real_pool": 10000,
-                                "theory.eval_samples": 1000})
+        cfg = Config().replace(
+            {
+                **common,
+                "model.family": "gaussian",
+                "theory.samples": 100,
+                "theory.real_pool": 10000,
+                "theory.eval_samples": 1000,
+            }
+        )
     units = args.lineages * args.generations + len(seeds)  # generations 1..G per lineage + shared generation 0s
 
     t = time.perf_counter()
@@ -104,20 +132,37 @@ def main() -> None:
     driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     per_unit = wall / units
     table = {
-        "units": units, "wall_s": wall, "slots": slots, "s_per_generation": per_unit,
-        "s_per_generation_per_slot": per_unit * slots, "in_memory_baseline_s": baseline,
+        "units": units,
+        "wall_s": wall,
+        "slots": slots,
+        "s_per_generation": per_unit,
+        "s_per_generation_per_slot": per_unit * slots,
+        "in_memory_baseline_s": baseline,
         "x_in_memory": wall / baseline if baseline else float("nan"),
         **({"stages": split} if args.lm else {}),
-        "driver_peak_rss_mb": driver_mb, "scheduler_actor_peak_rss_mb": scheduler_mb, "lineage_actor_peak_rss_mb": actor_mb,
+        "driver_peak_rss_mb": driver_mb,
+        "scheduler_actor_peak_rss_mb": scheduler_mb,
+        "lineage_actor_peak_rss_mb": actor_mb,
         "rows": len(result.rows),
     }
-    print(f"{args.lineages} lineages x {args.generations} generations ({units} units) on {slots} slot(s), {'local' if args.local else 'Ray'}")
-    print(f"wall {wall:.1f} s; {per_unit:.3f} s per generation ({per_unit * slots:.3f} s per generation per slot; target < 1 s)")
+    print(
+        f"{args.lineages} lineages x {args.generations} generations ({units} units) on {slots} slot(s), "
+        f"{'local' if args.local else 'Ray'}"
+    )
+    print(
+        f"wall {wall:.1f} s; {per_unit:.3f} s per generation ({per_unit * slots:.3f} s per generation per slot; "
+        "target < 1 s)"
+    )
     if args.lm:
-        print("slot-seconds by stage: " + ", ".join(f"{k} {v['seconds']:.0f} ({v['share']:.0%})" for k, v in split["split"].items()))
+        print(
+            "slot-seconds by stage: "
+            + ", ".join(f"{k} {v['seconds']:.0f} ({v['share']:.0%})" for k, v in split["split"].items())
+        )
     else:
         print(f"same units in memory: {baseline:.2f} s (framework = {wall / baseline:.0f}x the arithmetic)")
-    print(f"peak RSS: driver {driver_mb:.0f} MB, scheduler actor {scheduler_mb:.0f} MB, lineage actor {actor_mb:.0f} MB")
+    print(
+        f"peak RSS: driver {driver_mb:.0f} MB, scheduler actor {scheduler_mb:.0f} MB, lineage actor {actor_mb:.0f} MB"
+    )
     write_results("orchestration_lm" if args.lm else "orchestration", vars(args), table)
 
 

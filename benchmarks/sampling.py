@@ -18,8 +18,10 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from benchmarks.common import write_results
-from collapse.trainer.fast_sampler import FastSampler
-from collapse.trainer.sampling import HFSampler, SampleParams
+from collapse.engines.fast_sampler import FastSampler
+from collapse.engines.hf_sampler import HFSampler
+from collapse.engines.sampling import SampleParams
+
 
 @torch.no_grad()
 def plain_kv_loop(model, prompts: np.ndarray, new: int, seed: int) -> np.ndarray:
@@ -40,7 +42,7 @@ def matmul_share(model, batch: int, steps: int = 30) -> float:
     """Share of the fast sampler's decode-step time spent in aten::mm / addmm / bmm."""
     from torch.profiler import profile
 
-    from collapse.trainer.fast_sampler import LlamaDecoder
+    from collapse.engines.fast_sampler import LlamaDecoder
 
     dec = LlamaDecoder(model)
     k, v = dec.new_cache(batch, steps + 2)
@@ -66,8 +68,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=2048, hidden_size=args.d_model, intermediate_size=4 * args.d_model, num_hidden_layers=args.layers,
-                      num_attention_heads=args.d_model // 64, max_position_embeddings=1024, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=2048,
+        hidden_size=args.d_model,
+        intermediate_size=4 * args.d_model,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.d_model // 64,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(cfg).eval()
     params = sum(p.numel() for p in model.parameters())
     prompts = np.zeros((args.batch, 1), np.int32)
@@ -96,7 +105,10 @@ def main() -> None:
         if isinstance(v, dict):
             print(f"{k:<24}{v['tokens_per_s']:>10.0f}{v['x_generate']:>12.2f}")
     share = table["decode_step_matmul_share"]
-    print(f"fast sampler decode step: {share:.0%} of CPU time in matmuls -> removing all other work gains at most {1 / share:.2f}x")
+    print(
+        f"fast sampler decode step: {share:.0%} of CPU time in matmuls -> removing all other work gains at most "
+        f"{1 / share:.2f}x"
+    )
     write_results("sampling", vars(args) | {"params": params}, table)
 
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import write_results
-from collapse.cluster.manifest import RunDir
+from collapse.core.rundir import RunDir
 
 STAGES = ("train_s", "sample_s", "eval_s")
 
@@ -37,8 +37,13 @@ def analyse(run_dir: Path) -> dict:
             sums[key] += timing.get(key, 0.0)
     rows = {key[:-2]: value for key, value in sums.items()}
     rows["orchestration_and_idle"] = slot_seconds - sum(sums.values())
-    return {"wall_s": session["seconds"], "slots": session["slots"], "units": units, "slot_seconds": slot_seconds,
-            "split": {k: {"seconds": v, "share": v / slot_seconds} for k, v in rows.items()}}
+    return {
+        "wall_s": session["seconds"],
+        "slots": session["slots"],
+        "units": units,
+        "slot_seconds": slot_seconds,
+        "split": {k: {"seconds": v, "share": v / slot_seconds} for k, v in rows.items()},
+    }
 
 
 def main() -> None:
@@ -51,10 +56,26 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
-            subprocess.run([sys.executable, "-m", "collapse", "run", args.config, "--out", str(out), "--set", "tracking.wandb=disabled"],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "collapse",
+                    "run",
+                    args.config,
+                    "--out",
+                    str(out),
+                    "--set",
+                    "tracking.wandb=disabled",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             result = analyse(out)
-    print(f"wall {result['wall_s']:.0f}s x {result['slots']} slots = {result['slot_seconds']:.0f} slot-seconds, {result['units']} generation units")
+    print(
+        f"wall {result['wall_s']:.0f}s x {result['slots']} slots = {result['slot_seconds']:.0f} slot-seconds, "
+        f"{result['units']} generation units"
+    )
     print(f"{'stage':<26}{'seconds':>9}{'share':>8}")
     for k, v in result["split"].items():
         print(f"{k:<26}{v['seconds']:>9.1f}{v['share']:>8.1%}")

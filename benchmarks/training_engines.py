@@ -23,9 +23,10 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 from benchmarks.common import write_results  # noqa: E402
-from collapse.trainer.config import ModelConfig, TrainConfig  # noqa: E402
-from collapse.trainer.distributed import InitSpec, WorkerGroup  # noqa: E402
-from collapse.trainer.engine import TorchEngine, make_optimizer  # noqa: E402
+from collapse.core.config import ModelConfig, TrainConfig  # noqa: E402
+from collapse.engines.torch_engine import TorchEngine, make_optimizer  # noqa: E402
+from collapse.engines.workers import InitSpec, WorkerGroup  # noqa: E402
+
 
 def matmul_peak_flops(n: int = 1024, reps: int = 20) -> float:
     """fp32 GEMM FLOP/s of one thread on this machine, measured now (the MFU denominator)."""
@@ -70,9 +71,13 @@ def torch_engine(init, rows, cfg, steps, tmp) -> float:
 
 
 def deepspeed_engine(group: WorkerGroup, init, rows_path, rows, cfg, steps, tmp) -> float:
-    c = TrainConfig(**{**cfg.__dict__, "engine": "deepspeed", "workers": group.n, "epochs": steps * cfg.batch_size / len(rows)})
+    c = TrainConfig(
+        **{**cfg.__dict__, "engine": "deepspeed", "workers": group.n, "epochs": steps * cfg.batch_size / len(rows)}
+    )
     tag = f"ds{group.n}_{steps}"
-    result, _ = group.fit(init, rows_path, c, (0, "bench"), Path(tmp) / tag, Path(tmp) / f"{tag}_model", Path(tmp) / "tok")
+    result, _ = group.fit(
+        init, rows_path, c, (0, "bench"), Path(tmp) / tag, Path(tmp) / f"{tag}_model", Path(tmp) / "tok"
+    )
     return result.seconds
 
 
@@ -88,15 +93,24 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)  # each path gets one core per process; the 2-worker path gets two
 
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     vocab = 2048
-    model_cfg = ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.d_model // 64, d_ff=4 * args.d_model)
+    model_cfg = ModelConfig(
+        d_model=args.d_model, n_layers=args.layers, n_heads=args.d_model // 64, d_ff=4 * args.d_model
+    )
     init = InitSpec(model=model_cfg, vocab_size=vocab, seq_len=args.seq_len, eos_id=0, seed=0)
     params = sum(p.numel() for p in init.build().parameters())
     rows = np.random.default_rng(0).integers(0, vocab, (args.batch * args.steps * 2, args.seq_len)).astype(np.int32)
-    cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro, lr=1e-3, warmup_steps=1, checkpoint_every=0, deepspeed=args.stage)
+    cfg = TrainConfig(
+        batch_size=args.batch,
+        micro_batch_size=args.micro,
+        lr=1e-3,
+        warmup_steps=1,
+        checkpoint_every=0,
+        deepspeed=args.stage,
+    )
     tokens_per_step = args.batch * args.seq_len
 
     import ray
@@ -118,7 +132,9 @@ def main() -> None:
         for n in (1, 2):
             group = WorkerGroup(n, 1)
             try:
-                results[f"deepspeed_{args.stage}_{n}_worker"] = per_step(lambda s: deepspeed_engine(group, init, rows_path, rows, cfg, s, tmp))
+                results[f"deepspeed_{args.stage}_{n}_worker"] = per_step(
+                    lambda s, group=group: deepspeed_engine(group, init, rows_path, rows, cfg, s, tmp)
+                )
             finally:
                 group.shutdown()
     ray.shutdown()
@@ -130,13 +146,30 @@ def main() -> None:
     for k, v in results.items():
         cores = 2 if k.endswith("_2_worker") else 1
         tps = tokens_per_step / v
-        table[k] = {"s_per_step": v, "tokens_per_s": tps, "speed_vs_bare": base / v, "overhead_vs_bare": v / base - 1, "mfu": tps * flops / (peak * cores)}
-    print(f"model {params / 1e6:.2f}M params, global batch {args.batch} x {args.seq_len} tokens, micro {args.micro}, {args.steps} timed steps")
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s per core (fp32, measured now); {flops / 1e6:.1f} MFLOP per trained token")
+        table[k] = {
+            "s_per_step": v,
+            "tokens_per_s": tps,
+            "speed_vs_bare": base / v,
+            "overhead_vs_bare": v / base - 1,
+            "mfu": tps * flops / (peak * cores),
+        }
+    print(
+        f"model {params / 1e6:.2f}M params, global batch {args.batch} x {args.seq_len} tokens, micro "
+        f"{args.micro}, {args.steps} timed steps"
+    )
+    print(
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s per core (fp32, measured now); {flops / 1e6:.1f} MFLOP per trained token"
+    )
     print(f"{'path':<32}{'tokens/s':>10}{'x bare':>9}{'overhead':>10}{'MFU':>8}")
     for k, v in table.items():
-        print(f"{k:<32}{v['tokens_per_s']:>10.0f}{v['speed_vs_bare']:>9.2f}{v['overhead_vs_bare']:>+10.1%}{v['mfu']:>8.1%}")
-    write_results("training_engines", vars(args) | {"params": params, "matmul_peak_flops_per_core": peak, "flops_per_token": flops}, table)
+        print(
+            f"{k:<32}{v['tokens_per_s']:>10.0f}{v['speed_vs_bare']:>9.2f}{v['overhead_vs_bare']:>+10.1%}{v['mfu']:>8.1%}"
+        )
+    write_results(
+        "training_engines",
+        vars(args) | {"params": params, "matmul_peak_flops_per_core": peak, "flops_per_token": flops},
+        table,
+    )
 
 
 if __name__ == "__main__":

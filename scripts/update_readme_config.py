@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's code, whatever an editable install points at
 
-from collapse.trainer.config import reference_markdown  # noqa: E402
+from collapse.core.config import reference_markdown  # noqa: E402
 
 README = ROOT / "README.md"
 START, END = "| key | default | meaning |", "\n\nShipped configs:"

@@ -11,8 +11,13 @@ import pytest
 
 # Set before anything imports transformers / datasets / wandb.
 os.environ.update(
-    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
-    TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    WANDB_MODE="offline",
+    WANDB_SILENT="true",
+    TOKENIZERS_PARALLELISM="false",
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+    HF_DATASETS_DISABLE_PROGRESS_BARS="1",
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +45,23 @@ def small_corpus(tmp_path_factory) -> Path:
 def tiny_overrides(corpus: Path, **extra) -> list[str]:
     """A study small enough to run in seconds, on real text."""
     base = {
-        "data.source": str(corpus), "data.tokens_per_generation": 2048, "data.seq_len": 32,
-        "data.eval_sequences": 48, "data.vocab_size": 300, "study.generations": 2,
-        "eval.num_samples": 16, "sample.batch_size": 32, "train.batch_size": 16, "train.micro_batch_size": 8,
-        "train.checkpoint_every": 2, "eval.embeddings": False, "eval.bootstrap": 20, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.d_ff": 64,
+        "data.source": str(corpus),
+        "data.tokens_per_generation": 2048,
+        "data.seq_len": 32,
+        "data.eval_sequences": 48,
+        "data.vocab_size": 300,
+        "study.generations": 2,
+        "eval.num_samples": 16,
+        "sample.batch_size": 32,
+        "train.batch_size": 16,
+        "train.micro_batch_size": 8,
+        "train.checkpoint_every": 2,
+        "eval.embeddings": False,
+        "eval.bootstrap": 20,
+        "model.d_model": 32,
+        "model.n_layers": 1,
+        "model.n_heads": 2,
+        "model.d_ff": 64,
     }
     base.update(extra)
     return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in base.items()]

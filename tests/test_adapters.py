@@ -10,11 +10,11 @@ import torch
 
 pytest.importorskip("peft")
 
+from collapse.core.config import ModelConfig, TrainConfig  # noqa: E402
+from collapse.engines.adapters import merge_lora, trainable_parameters, uses_adapter, wrap_lora  # noqa: E402
+from collapse.engines.model import build_model  # noqa: E402
+from collapse.engines.torch_engine import TorchEngine  # noqa: E402
 from collapse.launch.cli import main  # noqa: E402
-from collapse.trainer.adapters import merge_lora, trainable_parameters, uses_adapter, wrap_lora  # noqa: E402
-from collapse.trainer.config import ModelConfig, TrainConfig  # noqa: E402
-from collapse.trainer.engine import TorchEngine  # noqa: E402
-from collapse.trainer.model import build_model  # noqa: E402
 
 from .conftest import CONFIGS, tiny_overrides  # noqa: E402
 
@@ -26,20 +26,28 @@ def test_only_adapter_weights_train_and_merge_keeps_outputs(tmp_path):
     lora = wrap_lora(model, cfg, (0, "t", 1))
     assert 0 < trainable_parameters(lora) < sum(p.numel() for p in lora.parameters()) / 10
     rows = np.random.default_rng(0).integers(0, 100, (64, 32)).astype(np.int32)
-    TorchEngine(TrainConfig(epochs=1, batch_size=16, micro_batch_size=16, lr=1e-2, warmup_steps=0, checkpoint_every=0)).fit(lora, rows, (0,), tmp_path)
+    TorchEngine(
+        TrainConfig(epochs=1, batch_size=16, micro_batch_size=16, lr=1e-2, warmup_steps=0, checkpoint_every=0)
+    ).fit(lora, rows, (0,), tmp_path)
     changed = {n for n, p in lora.named_parameters() if "lora_" in n}
     for name, p in lora.named_parameters():
         if "lora_" not in name:  # frozen base weights are bit-identical
             base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
             assert torch.equal(p, before[base_name]), name
-    assert any(not torch.equal(dict(lora.named_parameters())[n], torch.zeros_like(dict(lora.named_parameters())[n])) for n in changed if "lora_B" in n)
+    assert any(
+        not torch.equal(dict(lora.named_parameters())[n], torch.zeros_like(dict(lora.named_parameters())[n]))
+        for n in changed
+        if "lora_B" in n
+    )
     ids = torch.from_numpy(rows[:4].astype(np.int64))
     with torch.no_grad():
         adapted = lora(input_ids=ids).logits
         merged = merge_lora(lora)
         assert type(merged).__name__ == "LlamaForCausalLM"
         torch.testing.assert_close(merged(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-4)
-        assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, before["model.layers.0.self_attn.q_proj.weight"])
+        assert not torch.equal(
+            merged.model.layers[0].self_attn.q_proj.weight, before["model.layers.0.self_attn.q_proj.weight"]
+        )
 
 
 def test_adapter_only_on_trained_starting_weights():
@@ -51,9 +59,23 @@ def test_adapter_only_on_trained_starting_weights():
 
 def test_study_with_lora_generations(small_corpus, tmp_path):
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [1.0], "model.init": "previous", "model.adapter": "lora",
-                                                "model.lora_rank": 2, "tracking.wandb": "disabled"})
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + [a for o in overrides for a in ("--set", o)]) == 0
+    overrides = tiny_overrides(
+        small_corpus,
+        **{
+            "grid.contamination": [1.0],
+            "model.init": "previous",
+            "model.adapter": "lora",
+            "model.lora_rank": 2,
+            "tracking.wandb": "disabled",
+        },
+    )
+    assert (
+        main(
+            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"]
+            + [a for o in overrides for a in ("--set", o)]
+        )
+        == 0
+    )
     gen0 = json.loads(next((out / "shared").glob("*/gen_000/train.json")).read_text())
     assert gen0["trainable_params"] == gen0["num_params"]  # generation 0 trains fully from scratch
     for k in (1, 2):

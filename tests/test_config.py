@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from collapse.core.config import Config, ConfigError, load_config, parse_override, validate
 from collapse.launch.cli import EXIT_CONFIG, main
-from collapse.trainer.config import Config, ConfigError, load_config, parse_override, validate
 
 from .conftest import CONFIGS
 
@@ -35,7 +35,9 @@ def test_every_shipped_config_validates(path, tmp_path, capsys):
 def test_overrides_parse_yaml_values():
     assert parse_override("grid.contamination=[0.0,1.0]") == ("grid.contamination", [0.0, 1.0])
     assert parse_override("study.name=x=y") == ("study.name", "x=y")
-    cfg = load_config(CONFIGS / "debug.yaml", ["grid.contamination=[0.25]", "study.generations=7", "train.lr=1e-3", "grid.seed=3"])
+    cfg = load_config(
+        CONFIGS / "debug.yaml", ["grid.contamination=[0.25]", "study.generations=7", "train.lr=1e-3", "grid.seed=3"]
+    )
     assert cfg.grid.contamination == [0.25]
     assert cfg.study.generations == 7
     assert cfg.train.lr == pytest.approx(1e-3)
@@ -43,9 +45,12 @@ def test_overrides_parse_yaml_values():
 
 
 def test_extra_grid_axis_expands(small_corpus):
-    from collapse.cluster.plan import expand
+    from collapse.core.plan import expand
 
-    cfg = load_config(CONFIGS / "debug.yaml", ["grid.extra={model.init: [scratch, previous]}", "grid.contamination=[1.0]", "grid.regime=[replace]"])
+    cfg = load_config(
+        CONFIGS / "debug.yaml",
+        ["grid.extra={model.init: [scratch, previous]}", "grid.contamination=[1.0]", "grid.regime=[replace]"],
+    )
     specs = expand(cfg)
     assert [s.name for s in specs] == ["c1.00-replace-s0-init=scratch", "c1.00-replace-s0-init=previous"]
     assert specs[1].config.model.init == "previous"
@@ -53,7 +58,7 @@ def test_extra_grid_axis_expands(small_corpus):
 
 
 def test_generation0_shared_across_contamination_and_regime():
-    from collapse.cluster.plan import expand, gen0_groups
+    from collapse.core.plan import expand, gen0_groups
 
     specs = expand(load_config(CONFIGS / "debug.yaml"))
     assert len(specs) == 6
@@ -117,7 +122,11 @@ def test_missing_config_file(capsys):
 def test_cli_process_prints_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: {contamination: [2]}\n")
-    proc = subprocess.run([sys.executable, "-m", "collapse.launch.cli", "run", str(bad), "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "collapse.launch.cli", "run", str(bad), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "grid.contamination[0]" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()  # nothing created for a bad config
@@ -133,7 +142,7 @@ def _tree_digest(root: Path) -> str:
 
 def test_bad_input_never_damages_existing_run(tmp_path, capsys):
     run = tmp_path / "run"
-    from collapse.cluster.manifest import RunDir
+    from collapse.core.rundir import RunDir
 
     RunDir(run).create(load_config(CONFIGS / "smoke.yaml"))
     (run / "metrics.jsonl").write_text('{"lineage": "x", "generation": 0}\n')
@@ -153,7 +162,7 @@ def test_config_error_is_value_error():
 
 
 def test_readme_config_reference_is_current():
-    from collapse.trainer.config import reference_markdown
+    from collapse.core.config import reference_markdown
 
     readme = (CONFIGS.parent / "README.md").read_text()
     assert reference_markdown() in readme, "run: python scripts/update_readme_config.py"

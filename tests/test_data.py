@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse.trainer.corpus import load_documents, split_documents
-from collapse.trainer.data import REAL, RealData, build_training_set, draw_rows, synthetic_source, tokenize_to_chunks
-from collapse.trainer.tokenizer import train_bpe
+from collapse.engines.corpus import load_documents, split_documents
+from collapse.engines.data import REAL, RealData, build_training_set, draw_rows, synthetic_source, tokenize_to_chunks
+from collapse.engines.tokenizer import train_bpe
 
 
 def test_embedded_corpus_is_real_austen():
@@ -33,8 +33,8 @@ def test_text_folder_and_jsonl_sources(tmp_path):
         (tmp_path / f"d{i}.txt").write_text(f"document {i} " * 20)
     assert [d.id for d in load_documents(str(tmp_path))] == [f"d{i}.txt" for i in range(4)]
     jsonl = tmp_path / "x.jsonl"
-    jsonl.write_text("\n".join('{"body": "text %d here"}' % i for i in range(5)))
-    from collapse.trainer.config import ConfigError
+    jsonl.write_text("\n".join(f'{{"body": "text {i} here"}}' for i in range(5)))
+    from collapse.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="data.text_field"):
         load_documents(str(jsonl))
@@ -150,8 +150,8 @@ def test_separate_real_and_synthetic_counts():
 
 
 def test_shumailov_blocks_keep_only_the_continuation():
-    from collapse.trainer.config import SampleConfig
-    from collapse.trainer.sampling import make_prompts
+    from collapse.core.config import SampleConfig
+    from collapse.engines.sampling import make_prompts
 
     pool = np.arange(40, dtype=np.int32).reshape(5, 8)
     prompts, ids, new = make_prompts(3, "prompted", 8, 8, 0, pool, ("p",), keep_prompt=False)

@@ -11,25 +11,35 @@ import numpy as np
 import pytest
 import torch
 
-from collapse.cluster.manifest import read_metrics
+from collapse.core.config import ModelConfig, SampleConfig, TrainConfig
+from collapse.core.metrics import frequency_buckets
+from collapse.core.rundir import read_metrics
+from collapse.engines.corpus import load_documents
+from collapse.engines.data import tokenize_to_chunks
+from collapse.engines.evaluation import evaluate_real
+from collapse.engines.hf_sampler import HFSampler
+from collapse.engines.model import load_model, save_model_dir
+from collapse.engines.sampling import sample_rows
+from collapse.engines.tokenizer import train_bpe
+from collapse.engines.torch_engine import TorchEngine
+from collapse.engines.workers import DistributedSampler, InitSpec, WorkerGroup
 from collapse.launch.cli import main
-from collapse.trainer.config import ModelConfig, SampleConfig, TrainConfig
-from collapse.trainer.corpus import load_documents
-from collapse.trainer.data import tokenize_to_chunks
-from collapse.trainer.distributed import DistributedSampler, InitSpec, WorkerGroup
-from collapse.trainer.engine import TorchEngine
-from collapse.trainer.evaluation import evaluate_real
-from collapse.trainer.metrics import frequency_buckets
-from collapse.trainer.model import load_model, save_model_dir
-from collapse.trainer.sampling import HFSampler, sample_rows
-from collapse.trainer.tokenizer import train_bpe
 
 from .conftest import CONFIGS, kill_session, popen_study, tiny_overrides
 
 pytestmark = pytest.mark.ray
 MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64)
 # 320 rows / global batch 16 = 20 steps; 2 workers x micro 4 -> 2 accumulation steps per rank.
-TRAIN = TrainConfig(engine="deepspeed", workers=2, epochs=1, batch_size=16, micro_batch_size=4, lr=5e-3, warmup_steps=4, checkpoint_every=0)
+TRAIN = TrainConfig(
+    engine="deepspeed",
+    workers=2,
+    epochs=1,
+    batch_size=16,
+    micro_batch_size=4,
+    lr=5e-3,
+    warmup_steps=4,
+    checkpoint_every=0,
+)
 # fp32 on CPU: the only difference from one process is the order in which the gradient all-reduce
 # sums the two ranks' partial gradients (and ZeRO's flattened buffers), ~1e-7 relative per step,
 # which the optimizer compounds over 20 steps. 1e-4 relative is far below any real bug (a wrong
@@ -59,7 +69,9 @@ def test_two_worker_zero_matches_single_process(ray_session, setup, stage):
     cfg = TrainConfig(**{**TRAIN.__dict__, "deepspeed": stage})
     group = WorkerGroup(2, 1)
     try:
-        result, sha = group.fit(init, root / "rows.npy", cfg, (0, "eq"), root / f"{stage}_ckpt", root / f"{stage}_model", root / "tok")
+        result, sha = group.fit(
+            init, root / "rows.npy", cfg, (0, "eq"), root / f"{stage}_ckpt", root / f"{stage}_model", root / "tok"
+        )
     finally:
         group.shutdown()
     assert result.steps == ref.steps == 20
@@ -68,7 +80,9 @@ def test_two_worker_zero_matches_single_process(ray_session, setup, stage):
     buckets = frequency_buckets(np.bincount(rows.reshape(-1), minlength=len(tok)), 0.5, 0.1)
     rare = np.zeros((64, rows.shape[1] - 1), bool)
     a = evaluate_real(load_model(root / "ref_model"), rows[:64], buckets, rare, 32, 10, 0, np.random.default_rng(0))
-    b = evaluate_real(load_model(root / f"{stage}_model"), rows[:64], buckets, rare, 32, 10, 0, np.random.default_rng(0))
+    b = evaluate_real(
+        load_model(root / f"{stage}_model"), rows[:64], buckets, rare, 32, 10, 0, np.random.default_rng(0)
+    )
     assert b["ppl_real"] == pytest.approx(a["ppl_real"], rel=RTOL)
     assert len(sha) == 64
 
@@ -87,18 +101,42 @@ def test_data_parallel_sampling_equals_single_process(ray_session, setup):
 
 
 def test_sigkill_mid_training_two_workers_resumes_from_step_checkpoint(small_corpus, tmp_path):
-    overrides = tiny_overrides(small_corpus, **{
-        "grid.contamination": [1.0], "study.generations": 2, "train.engine": "deepspeed", "train.workers": 2,
-        "train.deepspeed": "zero2", "train.checkpoint_every": 3, "data.tokens_per_generation": 6144,
-        "train.batch_size": 8, "train.micro_batch_size": 4, "tracking.wandb": "disabled", "model.init": "previous",
-    })
+    overrides = tiny_overrides(
+        small_corpus,
+        **{
+            "grid.contamination": [1.0],
+            "study.generations": 2,
+            "train.engine": "deepspeed",
+            "train.workers": 2,
+            "train.deepspeed": "zero2",
+            "train.checkpoint_every": 3,
+            "data.tokens_per_generation": 6144,
+            "train.batch_size": 8,
+            "train.micro_batch_size": 4,
+            "tracking.wandb": "disabled",
+            "model.init": "previous",
+        },
+    )
     args = [a for o in overrides for a in ("--set", o)]
     ref = tmp_path / "ref"
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--num-cpus", "2"] + args) == 0
     expected = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(ref)]
 
     out = tmp_path / "killed"
-    proc = popen_study([sys.executable, "-m", "collapse.launch.cli", "run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--num-cpus", "2"] + args)
+    proc = popen_study(
+        [
+            sys.executable,
+            "-m",
+            "collapse.launch.cli",
+            "run",
+            str(CONFIGS / "smoke.yaml"),
+            "--out",
+            str(out),
+            "--num-cpus",
+            "2",
+        ]
+        + args
+    )
     step_dir = out / "lineages" / "c1.00-replace-s0" / "gen_002" / "train_state"
     t0 = time.time()
     while not list(step_dir.glob("step_*/step.json")) and proc.poll() is None and time.time() - t0 < 300:
@@ -119,7 +157,9 @@ def test_one_worker_deepspeed_is_bit_identical_to_the_torch_engine(ray_session, 
     cfg = TrainConfig(**{**TRAIN.__dict__, "workers": 1, "deepspeed": "zero2"})
     group = WorkerGroup(1, 1)
     try:
-        result, _ = group.fit(init, root / "rows.npy", cfg, (0, "eq"), root / "one_ckpt", root / "one_model", root / "tok")
+        result, _ = group.fit(
+            init, root / "rows.npy", cfg, (0, "eq"), root / "one_ckpt", root / "one_model", root / "tok"
+        )
     finally:
         group.shutdown()
     assert result.losses == ref.losses

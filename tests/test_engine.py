@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from collapse.trainer import engine as E
-from collapse.trainer.config import ModelConfig, TrainConfig
-from collapse.trainer.corpus import load_documents
-from collapse.trainer.data import tokenize_to_chunks
-from collapse.trainer.model import build_model, load_model, save_model_dir
-from collapse.trainer.tokenizer import train_bpe
+from collapse.core.config import ModelConfig, TrainConfig
+from collapse.engines import torch_engine as E
+from collapse.engines.corpus import load_documents
+from collapse.engines.data import tokenize_to_chunks
+from collapse.engines.model import build_model, load_model, save_model_dir
+from collapse.engines.tokenizer import train_bpe
 
 MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64)
 
@@ -33,9 +33,9 @@ def _model(tok, seed=1, arch="llama"):
 def test_training_lowers_loss_on_real_text(real, tmp_path, arch):
     tok, rows = real
     torch.set_num_threads(1)
-    result = E.TorchEngine(TrainConfig(epochs=2, batch_size=16, micro_batch_size=8, lr=5e-3, warmup_steps=2, checkpoint_every=0)).fit(
-        _model(tok, arch=arch), rows, (0, "t"), tmp_path / "ckpt"
-    )
+    result = E.TorchEngine(
+        TrainConfig(epochs=2, batch_size=16, micro_batch_size=8, lr=5e-3, warmup_steps=2, checkpoint_every=0)
+    ).fit(_model(tok, arch=arch), rows, (0, "t"), tmp_path / "ckpt")
     assert result.steps == 32
     assert np.mean(result.losses[-4:]) < np.mean(result.losses[:2]) - 0.5
 
@@ -84,7 +84,9 @@ def test_step_checkpoint_resume_is_bit_identical(real, tmp_path, monkeypatch):
 def test_incomplete_checkpoint_is_ignored(real, tmp_path):
     tok, rows = real
     (tmp_path / "step_000005").mkdir(parents=True)  # no step.json: never completed
-    res = E.TorchEngine(TrainConfig(epochs=0.25, batch_size=16, micro_batch_size=16, checkpoint_every=0)).fit(_model(tok), rows, (0,), tmp_path)
+    res = E.TorchEngine(TrainConfig(epochs=0.25, batch_size=16, micro_batch_size=16, checkpoint_every=0)).fit(
+        _model(tok), rows, (0,), tmp_path
+    )
     assert res.resumed_from == 0
 
 
@@ -107,7 +109,7 @@ def test_lr_schedule():
 
 
 def test_batch_mixing_puts_the_synthetic_share_in_every_batch():
-    from collapse.trainer.engine import batch_indices
+    from collapse.engines.torch_engine import batch_indices
 
     strata = np.array([False] * 75 + [True] * 25)  # 25% synthetic
     seen = []

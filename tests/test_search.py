@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from collapse.cluster.manifest import read_metrics
-from collapse.cluster.plan import LineageSpec
-from collapse.cluster.search import SEARCH_FILE, ThresholdSearch
+from collapse.cluster.search import ThresholdSearch
+from collapse.core.config import ConfigError, load_config
+from collapse.core.plan import LineageSpec
+from collapse.core.rundir import SEARCH_FILE, read_metrics
 from collapse.launch.cli import main
-from collapse.trainer.config import ConfigError, load_config
 
 from .conftest import CONFIGS
 
@@ -22,8 +22,16 @@ def _spec(c, regime="replace", seed=0):
 
 
 def test_bisection_on_a_fake_metric_finds_the_threshold_in_log_steps():
-    spec = {"search": "threshold", "metric": "ppl_real", "rise": 0.37, "at_generation": 2, "lo": 0.0, "hi": 1.0, "tol": 0.05}
-    search = ThresholdSearch(spec, [_spec(0.0), _spec(1.0)], root=None)
+    spec = {
+        "search": "threshold",
+        "metric": "ppl_real",
+        "rise": 0.37,
+        "at_generation": 2,
+        "lo": 0.0,
+        "hi": 1.0,
+        "tol": 0.05,
+    }
+    search = ThresholdSearch(spec, [_spec(0.0), _spec(1.0)], run=None)
     rise = lambda c: c  # noqa: E731  metric_G / metric_0 - 1 = c
     assert search.observe(_spec(0.0), 100.0, 100.0 * (1 + rise(0.0))) == []  # bracket not known yet
     todo = search.observe(_spec(1.0), 100.0, 100.0 * (1 + rise(1.0)))
@@ -40,12 +48,20 @@ def test_bisection_on_a_fake_metric_finds_the_threshold_in_log_steps():
 
 
 def test_search_edge_cases_and_lower_is_collapse():
-    spec = {"search": "threshold", "metric": "distinct_2", "rise": 0.1, "at_generation": 1, "lo": 0.2, "hi": 0.8, "tol": 0.1}
-    s = ThresholdSearch(spec, [_spec(0.2), _spec(0.8)], root=None)
+    spec = {
+        "search": "threshold",
+        "metric": "distinct_2",
+        "rise": 0.1,
+        "at_generation": 1,
+        "lo": 0.2,
+        "hi": 0.8,
+        "tol": 0.1,
+    }
+    s = ThresholdSearch(spec, [_spec(0.2), _spec(0.8)], run=None)
     s.observe(_spec(0.2), 1.0, 0.99)
     s.observe(_spec(0.8), 1.0, 0.95)  # distinct-2 falls only 5% even at c = 0.8
     assert s.group_of(_spec(0.2)).result == "none-up-to-hi"
-    s = ThresholdSearch(spec, [_spec(0.2), _spec(0.8)], root=None)
+    s = ThresholdSearch(spec, [_spec(0.2), _spec(0.8)], run=None)
     s.observe(_spec(0.2), 1.0, 0.5)
     s.observe(_spec(0.8), 1.0, 0.4)
     assert s.group_of(_spec(0.2)).result == "below-lo" and s.group_of(_spec(0.2)).threshold == 0.2
@@ -65,9 +81,20 @@ def test_search_study_launches_lineages_as_results_arrive_and_resumes(ray_sessio
     out = tmp_path / "run"
     # linear regression under replace: the test error at generation 3 is ~4x generation 0's at
     # c = 1 and ~1x at c = 0, so a rise of 100% lies inside the bracket
-    args = ["run", str(CONFIGS / "theory" / "linear_regression.yaml"), "--out", str(out), "--set", "study.generations=3",
-            "--set", "grid.seed=[0]", "--set", "grid.regime=[replace]",
-            "--set", "grid.contamination={search: threshold, metric: test_error, rise: 1.0, at_generation: 3, tol: 0.1}"]
+    args = [
+        "run",
+        str(CONFIGS / "theory" / "linear_regression.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        "study.generations=3",
+        "--set",
+        "grid.seed=[0]",
+        "--set",
+        "grid.regime=[replace]",
+        "--set",
+        "grid.contamination={search: threshold, metric: test_error, rise: 1.0, at_generation: 3, tol: 0.1}",
+    ]
     assert main(args) == 0
     events = [json.loads(line) for line in (out / SEARCH_FILE).read_text().splitlines()]
     launches = [e for e in events if e["event"] == "launch"]
@@ -88,4 +115,5 @@ def test_search_study_launches_lineages_as_results_arrive_and_resumes(ray_sessio
     assert main(["resume", str(out)]) == 0
     assert (out / SEARCH_FILE).read_text() == before
     assert read_metrics(out) == rows or [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(out)] == [
-        {k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+        {k: v for k, v in r.items() if k != "wall_s"} for r in rows
+    ]

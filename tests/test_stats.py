@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse.trainer import metrics as M
-from collapse.trainer.stats import bootstrap_ci, first_detection, half_sample_ci
+from collapse.core import metrics as M
+from collapse.core.stats import bootstrap_ci, first_detection, half_sample_ci
 
 
 def _coverage(make_ci, trials=300, n=100, seed=0) -> float:
@@ -41,9 +41,17 @@ def test_half_sample_interval_is_centered_for_distinct_n():
 
 
 def _row(lineage, c, k, value, width=0.1, regime="replace", seed=0):
-    return {M.LINEAGE: lineage, M.CONTAMINATION: c, M.REGIME: regime, M.SEED: seed, M.GENERATION: k,
-            M.PPL_REAL: value, M.PPL_REAL + M.CI_LO: value - width, M.PPL_REAL + M.CI_HI: value + width,
-            M.DISTINCT_2: 1.0 - value / 100}
+    return {
+        M.LINEAGE: lineage,
+        M.CONTAMINATION: c,
+        M.REGIME: regime,
+        M.SEED: seed,
+        M.GENERATION: k,
+        M.PPL_REAL: value,
+        M.PPL_REAL + M.CI_LO: value - width,
+        M.PPL_REAL + M.CI_HI: value + width,
+        M.DISTINCT_2: 1.0 - value / 100,
+    }
 
 
 def test_first_detection_against_the_control_band():
@@ -72,11 +80,19 @@ def test_vectorised_real_intervals_match_recomputing_the_metrics():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from collapse.trainer.evaluation import TokenScores, evaluate_real, real_metrics, score_tokens
+    from collapse.engines.evaluation import TokenScores, evaluate_real, real_metrics, score_tokens
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=64))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+        )
+    )
     rows = np.random.default_rng(0).integers(0, 50, (40, 12))
     buckets = np.random.default_rng(1).integers(0, 3, 50).astype(np.int8)
     rare = np.random.default_rng(2).random((40, 11)) < 0.2
@@ -84,6 +100,7 @@ def test_vectorised_real_intervals_match_recomputing_the_metrics():
     scores = score_tokens(model, rows, 16, 5)
     rng = np.random.default_rng(7)
     for key in (M.PPL_REAL, M.PPL_REAL_P99, M.LOSS_TAIL, M.RARE_NGRAM_RECALL, M.LOSS_RARE_NGRAM):
+
         def slow(i, key=key):
             return real_metrics(TokenScores(scores.nll[i], scores.in_top_k[i]), rows[:, 1:][i], buckets, rare[i])[key]
 

@@ -9,9 +9,9 @@ import shutil
 import fsspec
 import pytest
 
-from collapse.cluster.manifest import read_metrics
+from collapse.core.rundir import read_metrics
+from collapse.core.storage import cache_dir_for
 from collapse.launch.cli import main
-from collapse.trainer.storage import cache_dir_for
 
 from .conftest import CONFIGS, tiny_overrides
 
@@ -28,14 +28,28 @@ def _sets(overrides):
 
 def test_memory_filesystem_run_is_mirrored_and_resumes_from_the_uri_alone(small_corpus, cache):
     uri = "memory://bucket/studies/tiny"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "tracking.wandb": "disabled",
-                                                "train.checkpoint_every": 2, "study.generations": 2})
+    overrides = tiny_overrides(
+        small_corpus,
+        **{
+            "grid.contamination": [0.0, 1.0],
+            "tracking.wandb": "disabled",
+            "train.checkpoint_every": 2,
+            "study.generations": 2,
+        },
+    )
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", uri, "--local"] + _sets(overrides)) == 0
     fs, base = fsspec.core.url_to_fs(uri)
-    remote = {p[len(base):].lstrip("/") for p in fs.find(base)}
-    for must in ("study.yaml", "manifest.json", "metrics.jsonl", "data/train.npy", "tokenizer/tokenizer.json",
-                 "lineages/c1.00-replace-s0/gen_002/DONE", "lineages/c1.00-replace-s0/gen_002/model/model.safetensors",
-                 "lineages/c1.00-replace-s0/gen_001/synthetic/dataset_info.json"):
+    remote = {p[len(base) :].lstrip("/") for p in fs.find(base)}
+    for must in (
+        "study.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "data/train.npy",
+        "tokenizer/tokenizer.json",
+        "lineages/c1.00-replace-s0/gen_002/DONE",
+        "lineages/c1.00-replace-s0/gen_002/model/model.safetensors",
+        "lineages/c1.00-replace-s0/gen_001/synthetic/dataset_info.json",
+    ):
         assert must in remote, must
     assert not any("train_state" in p for p in remote)  # step checkpoints were mirrored, then pruned with the stage
     assert not any(p.endswith(".lock") or "remote.json" in p for p in remote)
@@ -66,5 +80,7 @@ def test_local_filesystem_uri_through_ray(ray_session, small_corpus, cache, tmp_
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", uri] + _sets(overrides)) == 0
     mirrored = remote_root / "study"
     assert (mirrored / "lineages" / "c1.00-replace-s0" / "gen_002" / "DONE").is_file()
-    assert [json.loads(line) for line in (mirrored / "metrics.jsonl").read_text().splitlines()] == read_metrics(cache_dir_for(uri))
+    assert [json.loads(line) for line in (mirrored / "metrics.jsonl").read_text().splitlines()] == read_metrics(
+        cache_dir_for(uri)
+    )
     assert list((mirrored / "wandb").glob("offline-run-*"))  # W&B files go up at the end of the study

@@ -9,18 +9,43 @@ import os
 import datasets
 import pytest
 
-from collapse.cluster.manifest import MANIFEST_FILE, RunDir, read_metrics
+from collapse.core import metrics as M
+from collapse.core.rundir import MANIFEST_FILE, RunDir, read_metrics
+from collapse.core.tracking import STUDY_RUN, wandb_run_id
 from collapse.launch.cli import main
-from collapse.trainer import metrics as M
-from collapse.trainer.tracking import STUDY_RUN, wandb_run_id
 
 from .conftest import CONFIGS, tiny_overrides
 
 REQUIRED = {
-    "lineage", "generation", "contamination", "regime", "seed", "ppl_real", "ppl_real_p99", "distinct_2",
-    "unigram_entropy", "train_tokens", "synthetic_fraction", "wall_s", "loss_tail", "loss_head", "vocab_coverage",
-    "rare_ngram_recall", "loss_rare_ngram", "ppl_samples_gen0", "self_bleu", "bigram_entropy", "unigram_kl", "unigram_js",
-    "doc_len_mean", "ppl_real_lo", "ppl_real_hi", "distinct_2_lo", "distinct_2_hi", "self_bleu_lo", "self_bleu_hi",
+    "lineage",
+    "generation",
+    "contamination",
+    "regime",
+    "seed",
+    "ppl_real",
+    "ppl_real_p99",
+    "distinct_2",
+    "unigram_entropy",
+    "train_tokens",
+    "synthetic_fraction",
+    "wall_s",
+    "loss_tail",
+    "loss_head",
+    "vocab_coverage",
+    "rare_ngram_recall",
+    "loss_rare_ngram",
+    "ppl_samples_gen0",
+    "self_bleu",
+    "bigram_entropy",
+    "unigram_kl",
+    "unigram_js",
+    "doc_len_mean",
+    "ppl_real_lo",
+    "ppl_real_hi",
+    "distinct_2_lo",
+    "distinct_2_hi",
+    "self_bleu_lo",
+    "self_bleu_hi",
 }
 EMBEDDING = {"embed_diversity", "vendi_score", "embed_diversity_lo", "vendi_score_hi"}
 
@@ -32,8 +57,10 @@ def _args(overrides):
 @pytest.mark.ray
 def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "grid.regime": ["replace", "accumulate"],
-                                                "eval.embeddings": True})
+    overrides = tiny_overrides(
+        small_corpus,
+        **{"grid.contamination": [0.0, 1.0], "grid.regime": ["replace", "accumulate"], "eval.embeddings": True},
+    )
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + _args(overrides)) == 0
 
     rows = read_metrics(out)
@@ -77,7 +104,7 @@ def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
     blob = (study_run / f"run-{wandb_run_id(uid, STUDY_RUN)}.wandb").read_bytes()
     assert b"curves/ppl_real" in blob and b"rows" in blob  # the cross-lineage table and curves
     for p in run_dirs:
-        assert list(p.glob("run-*.wandb")) and (p / "run-" f"{p.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
+        assert list(p.glob("run-*.wandb")) and (p / f"run-{p.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
 
     # outputs other tools read
     session = RunDir(out).sessions()[-1]
@@ -98,7 +125,7 @@ def test_failed_lineage_does_not_stop_the_study(ray_session, small_corpus, tmp_p
     """A lineage whose generation raises is marked failed with its error; the others finish."""
     out = tmp_path / "run"
     overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1})
-    from collapse.trainer.config import load_config
+    from collapse.core.config import load_config
 
     cfg = load_config(CONFIGS / "smoke.yaml", overrides)
     run = RunDir(out)
@@ -108,7 +135,11 @@ def test_failed_lineage_does_not_stop_the_study(ray_session, small_corpus, tmp_p
     (run.unit_dir("c1.00-replace-s0", 1)).write_text("not a directory")
     assert main(["resume", str(out)]) == 1
     rows = read_metrics(out)
-    assert {(r["lineage"], r["generation"]) for r in rows} == {("c0.00-replace-s0", 0), ("c0.00-replace-s0", 1), ("c1.00-replace-s0", 0)}
+    assert {(r["lineage"], r["generation"]) for r in rows} == {
+        ("c0.00-replace-s0", 0),
+        ("c0.00-replace-s0", 1),
+        ("c1.00-replace-s0", 0),
+    }
     failed = json.loads((run.lineage_dir("c1.00-replace-s0") / "FAILED.json").read_text())
     assert "gen_001" in failed["error"]
     # fixing the cause and resuming finishes only what is missing
@@ -122,20 +153,35 @@ def test_failed_lineage_does_not_stop_the_study(ray_session, small_corpus, tmp_p
 def test_base_init_fine_tunes_a_local_hf_model_each_generation(small_corpus, tmp_path):
     """`model.init: base`: every generation starts from the same local HF model dir and uses its
     tokenizer (here a small randomly initialised Llama saved with a tokenizer of its own)."""
-    from collapse.trainer.config import ModelConfig
-    from collapse.trainer.corpus import load_documents
-    from collapse.trainer.model import build_model, save_model_dir
-    from collapse.trainer.tokenizer import train_bpe
+    from collapse.core.config import ModelConfig
+    from collapse.engines.corpus import load_documents
+    from collapse.engines.model import build_model, save_model_dir
+    from collapse.engines.tokenizer import train_bpe
 
     docs = load_documents(str(small_corpus))
     tok = train_bpe([d.text for d in docs[:3]], 280)  # the base model's own, different tokenizer
     base = tmp_path / "base"
-    sha = save_model_dir(base, build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64), len(tok), 64, tok.eos_token_id, 5), tok)
+    sha = save_model_dir(
+        base,
+        build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64), len(tok), 64, tok.eos_token_id, 5),
+        tok,
+    )
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [1.0], "study.generations": 2, "model.init": "base",
-                                                "model.base_path": str(base), "tracking.wandb": "disabled"})
+    overrides = tiny_overrides(
+        small_corpus,
+        **{
+            "grid.contamination": [1.0],
+            "study.generations": 2,
+            "model.init": "base",
+            "model.base_path": str(base),
+            "tracking.wandb": "disabled",
+        },
+    )
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + _args(overrides)) == 0
-    assert json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"] == json.loads((base / "tokenizer.json").read_text())["model"]["vocab"]
+    assert (
+        json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+        == json.loads((base / "tokenizer.json").read_text())["model"]["vocab"]
+    )
     for k in (1, 2):
         meta = json.loads((out / "lineages" / "c1.00-replace-s0" / f"gen_{k:03d}" / "train.json").read_text())
         assert meta["init"] == "base" and meta["init_from"] == str(base)
@@ -156,11 +202,27 @@ def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1, "tracking.wandb": "disabled"})
+    overrides = tiny_overrides(
+        small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1, "tracking.wandb": "disabled"}
+    )
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "collapse", "sweep", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--address", cluster.address] + _args(overrides),
-            capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+            [
+                sys.executable,
+                "-m",
+                "collapse",
+                "sweep",
+                str(CONFIGS / "smoke.yaml"),
+                "--out",
+                str(out),
+                "--address",
+                cluster.address,
+            ]
+            + _args(overrides),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
         )
     finally:
         cluster.shutdown()
@@ -171,11 +233,13 @@ def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
 
 def test_status_grid_reports_done_running_failed_queued(small_corpus, tmp_path, capsys):
     """`collapse status`: states come from markers and from live locks (a held unit lock = running)."""
+    from collapse.core.checkpoint import exclusive, lock_path
     from collapse.launch.status import snapshot
-    from collapse.trainer.checkpoint import exclusive, lock_path
 
     out = tmp_path / "run"
-    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 2, "tracking.wandb": "disabled"})
+    overrides = tiny_overrides(
+        small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 2, "tracking.wandb": "disabled"}
+    )
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + _args(overrides)) == 0
     run = RunDir(out)
     # Pretend: c=1 lost its generation 2 and is running it again; c=0 failed at generation 2.

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from collapse.core import metrics as M
+from collapse.core.config import Config
+from collapse.engines.families import one_generation_error
 from collapse.launch.cli import main
-from collapse.trainer import metrics as M
-from collapse.trainer.config import Config
-from collapse.trainer.families import one_generation_error
-from collapse.trainer.theory import simulate_lineage
+from collapse.pipeline.theory import simulate_lineage
 
 from .conftest import CONFIGS
 
@@ -24,7 +24,9 @@ def _runs(cfg: Config, regime: str, seeds: int, generations: int, key: str, c: f
 
 def test_gaussian_variance_decays_as_closed_form_under_replace():
     M_, seeds, G = 10, 300, 15
-    cfg = Config().replace({"model.family": "gaussian", "theory.samples": M_, "theory.real_pool": 5000, "theory.eval_samples": 100})
+    cfg = Config().replace(
+        {"model.family": "gaussian", "theory.samples": M_, "theory.real_pool": 5000, "theory.eval_samples": 100}
+    )
     ratio = _runs(cfg, "replace", seeds, G, M.FIT_VAR_RATIO)
     mean, se = ratio.mean(0), ratio.std(0) / math.sqrt(seeds)
     for k in (0, 1, 5, 10, 15):
@@ -42,8 +44,15 @@ def test_gaussian_variance_decays_as_closed_form_under_replace():
 
 def test_linear_regression_error_linear_under_replace_bounded_under_accumulate():
     d, T, seeds, G = 10, 50, 200, 8
-    cfg = Config().replace({"model.family": "linear_regression", "theory.samples": T, "theory.features": d,
-                            "theory.real_pool": 20000, "theory.eval_samples": 100})
+    cfg = Config().replace(
+        {
+            "model.family": "linear_regression",
+            "theory.samples": T,
+            "theory.features": d,
+            "theory.real_pool": 20000,
+            "theory.eval_samples": 100,
+        }
+    )
     e0 = one_generation_error(1.0, d, T)
     rep = _runs(cfg, "replace", seeds, G, M.TEST_ERROR) / e0
     mean, se = rep.mean(0), rep.std(0) / math.sqrt(seeds)
@@ -57,13 +66,17 @@ def test_linear_regression_error_linear_under_replace_bounded_under_accumulate()
 
 
 def test_gmm_loses_the_rare_mode_under_replace_and_keeps_it_accumulating():
-    cfg = Config().replace({"model.family": "gmm", "theory.samples": 100, "theory.real_pool": 10000, "theory.eval_samples": 1000})
+    cfg = Config().replace(
+        {"model.family": "gmm", "theory.samples": 100, "theory.real_pool": 10000, "theory.eval_samples": 1000}
+    )
     seeds, G = 12, 12
     rep = _runs(cfg, "replace", seeds, G, M.RARE_MODE_MASS_RATIO)
     acc = _runs(cfg, "accumulate", seeds, 6, M.RARE_MODE_MASS_RATIO)
     lost0, lost = (rep[:, 0] < 0.1).mean(), (rep[:, G] < 0.1).mean()
     assert lost0 <= 0.1  # generation 0 (real data: ~5 of 100 samples in the rare mode) keeps it almost always
-    assert lost >= 0.4 and lost >= lost0 + 0.3  # lost in most lineages: its expected mass is a martingale, loss is absorbing
+    assert (
+        lost >= 0.4 and lost >= lost0 + 0.3
+    )  # lost in most lineages: its expected mass is a martingale, loss is absorbing
     assert (acc[:, -1] < 0.1).mean() <= 0.2
 
 
@@ -71,21 +84,44 @@ def test_theory_study_through_the_study_machinery_equals_the_simulation(ray_sess
     """`collapse run` (Ray actors, shared generation 0, regimes, metrics.jsonl, report) writes the
     same numbers the in-memory simulation computes for the same seeds."""
     out = tmp_path / "run"
-    args = ["run", str(CONFIGS / "theory" / "gaussian.yaml"), "--out", str(out),
-            "--set", "study.generations=6", "--set", "grid.seed=[0,1]", "--set", "grid.contamination=[0.0,0.5,1.0]"]
+    args = [
+        "run",
+        str(CONFIGS / "theory" / "gaussian.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        "study.generations=6",
+        "--set",
+        "grid.seed=[0,1]",
+        "--set",
+        "grid.contamination=[0.0,0.5,1.0]",
+    ]
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * 2 * 2 * 7
-    cfg = Config().replace({"model.family": "gaussian", "theory.samples": 10, "study.name": "theory-gaussian",
-                            "study.generations": 6, "grid.seed": [0, 1], "grid.contamination": [0.0, 0.5, 1.0],
-                            "grid.regime": ["replace", "accumulate"], "tracking.wandb": "disabled"})
+    cfg = Config().replace(
+        {
+            "model.family": "gaussian",
+            "theory.samples": 10,
+            "study.name": "theory-gaussian",
+            "study.generations": 6,
+            "grid.seed": [0, 1],
+            "grid.contamination": [0.0, 0.5, 1.0],
+            "grid.regime": ["replace", "accumulate"],
+            "tracking.wandb": "disabled",
+        }
+    )
     for regime in ("replace", "accumulate"):
         for c in (0.0, 0.5, 1.0):
             for seed in (0, 1):
-                mine = sorted((r for r in rows if r[M.REGIME] == regime and r[M.CONTAMINATION] == c and r[M.SEED] == seed),
-                              key=lambda r: r[M.GENERATION])
+                mine = sorted(
+                    (r for r in rows if r[M.REGIME] == regime and r[M.CONTAMINATION] == c and r[M.SEED] == seed),
+                    key=lambda r: r[M.GENERATION],
+                )
                 sim = simulate_lineage(cfg, regime, c, seed, 6)
                 assert [r[M.FIT_VAR] for r in mine] == pytest.approx([r[M.FIT_VAR] for r in sim], rel=1e-12)
-                assert [r[M.SYNTHETIC_FRACTION] for r in mine][-1] == pytest.approx(c if regime == "replace" else c * 6 / 7)
+                assert [r[M.SYNTHETIC_FRACTION] for r in mine][-1] == pytest.approx(
+                    c if regime == "replace" else c * 6 / 7
+                )
     report = (out / "report.md").read_text()
     assert M.FIT_VAR_RATIO in report and (out / "collapse_curves.png").stat().st_size > 10_000

@@ -13,11 +13,11 @@ if not torch.cuda.is_available():
 
 
 def test_vllm_sampler_is_reproducible_prefix_stable_and_fixed_length(tmp_path):
-    from collapse.trainer.config import ModelConfig
-    from collapse.trainer.model import build_model, save_model_dir
-    from collapse.trainer.sampling import SampleParams
-    from collapse.trainer.tokenizer import train_bpe
-    from collapse.trainer.vllm_sampler import VLLMSampler
+    from collapse.core.config import ModelConfig
+    from collapse.engines.model import build_model, save_model_dir
+    from collapse.engines.sampling import SampleParams
+    from collapse.engines.tokenizer import train_bpe
+    from collapse.engines.vllm_sampler import VLLMSampler
 
     tok = train_bpe(["the quick brown fox jumps over the lazy dog " * 50], 300)
     model = build_model(ModelConfig(d_model=64, n_layers=2, n_heads=4, d_ff=128), len(tok), 128, tok.eos_token_id, 0)

@@ -17,24 +17,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..trainer import metrics as M
-from ..trainer.checkpoint import append_jsonl_atomic
-
-SEARCH_FILE = "search.jsonl"
-
-
-def higher_is_collapse(metric: str) -> bool:
-    if metric in M.HIGHER_IS_COLLAPSE:
-        return M.HIGHER_IS_COLLAPSE[metric]
-    from ..trainer.families import FAMILIES
-
-    for family in FAMILIES.values():
-        for key, _, higher in family.plotted:
-            if key == metric:
-                return higher
-    return True
+from ..core.rundir import RunDir
+from ..engines.families import higher_is_collapse
 
 
 def relative_rise(value: float, base: float, higher: bool) -> float:
@@ -60,27 +45,22 @@ class Group:
         return json.dumps([self.regime, self.seed, list(self.extra)])
 
 
-def load_points(root: Path) -> list[dict]:
-    """The lineages the search has launched, in order (from search.jsonl)."""
-    path = Path(root) / SEARCH_FILE
-    if not path.is_file():
-        return []
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == "launch"]
-
-
 class ThresholdSearch:
     """Bisection per group. `observe(lineage row at generation 0 and G)` -> new points to launch."""
 
-    def __init__(self, spec: dict, specs, root: Path | None):
-        self.spec, self.root = spec, root
+    def __init__(self, spec: dict, specs, run: RunDir | None):
+        self.spec, self.run = spec, run
         self.metric, self.target, self.G, self.tol = spec["metric"], spec["rise"], spec["at_generation"], spec["tol"]
         self.higher = higher_is_collapse(self.metric)
         self.groups: dict[str, Group] = {}
+        self._replaying = False  # re-reading finished lineages on resume: nothing is logged again
         for s in specs:
             g = Group(s.regime, s.seed, s.extra, spec["lo"], spec["hi"])
             self.groups.setdefault(g.key, g)
-        for p in load_points(root) if root else []:  # resume: what was already launched
-            self.groups[json.dumps([p["regime"], p["seed"], [list(x) for x in p.get("extra", [])]])].pending = p["contamination"]
+        for p in run.search_points() if run else []:  # resume: what was already launched
+            self.groups[json.dumps([p["regime"], p["seed"], [list(x) for x in p.get("extra", [])]])].pending = p[
+                "contamination"
+            ]
 
     def group_of(self, spec) -> Group:
         return self.groups[json.dumps([spec.regime, spec.seed, [list(x) for x in spec.extra]])]
@@ -116,16 +96,32 @@ class ThresholdSearch:
             return self._finish(g, "found", above)
         mid = round((below + above) / 2, 6)
         g.pending = mid
-        point = {"event": "launch", "contamination": mid, "regime": g.regime, "seed": g.seed, "extra": [list(x) for x in g.extra],
-                 "bracket": [below, above], "time": time.time()}
+        point = {
+            "event": "launch",
+            "contamination": mid,
+            "regime": g.regime,
+            "seed": g.seed,
+            "extra": [list(x) for x in g.extra],
+            "bracket": [below, above],
+            "time": time.time(),
+        }
         self._log(point)
         return [point]
 
     def _finish(self, g: Group, result: str, threshold: float | None) -> list[dict]:
         g.result, g.threshold = result, threshold
-        self._log({"event": "result", "group": g.key, "result": result, "threshold": threshold, "target_rise": self.target, "metric": self.metric})
+        self._log(
+            {
+                "event": "result",
+                "group": g.key,
+                "result": result,
+                "threshold": threshold,
+                "target_rise": self.target,
+                "metric": self.metric,
+            }
+        )
         return []
 
     def _log(self, entry: dict) -> None:
-        if self.root is not None and not getattr(self, "_replaying", False):
-            append_jsonl_atomic(Path(self.root) / SEARCH_FILE, entry)
+        if self.run is not None and not self._replaying:
+            self.run.log_search(entry)

@@ -16,8 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..trainer.data import rows_per_generation
-from .plan import LineageSpec, expand, gen0_groups
+from ..core.plan import LineageSpec, expand, gen0_groups, rows_per_generation
 
 H100_BF16_TFLOPS = 989.0  # dense peak
 
@@ -40,7 +39,9 @@ class UnitCost:
 
     def seconds(self, a: Assumptions) -> float:
         peak = a.peak_tflops * 1e12
-        return (self.train_flops + self.eval_flops) / (peak * a.train_mfu) + self.sample_flops / (peak * a.sample_efficiency)
+        return (self.train_flops + self.eval_flops) / (peak * a.train_mfu) + self.sample_flops / (
+            peak * a.sample_efficiency
+        )
 
 
 @dataclass
@@ -130,7 +131,8 @@ def render(cfg, plan: StudyPlan, a: Assumptions) -> str:
         f"study {cfg.study.name}: {len(specs)} lineages x generations 0..{cfg.study.generations}, "
         f"{len(plan.units)} units ({len(plan.params)} shared generation 0)",
         "model parameters: " + ", ".join(f"{p / 1e6:.1f}M" for p in sorted(set(plan.params.values()))),
-        f"assumed: {a.peak_tflops:g} TFLOP/s peak per GPU, training MFU {a.train_mfu:.0%}, sampling {a.sample_efficiency:.0%} of peak",
+        f"assumed: {a.peak_tflops:g} TFLOP/s peak per GPU, training MFU {a.train_mfu:.0%}, sampling "
+        f"{a.sample_efficiency:.0%} of peak",
         "",
         f"{'regime':<22}{'c':>6}{'lineages':>10}{'train PFLOP':>14}{'sample PFLOP':>14}{'GPU-hours':>12}",
     ]
@@ -146,9 +148,13 @@ def render(cfg, plan: StudyPlan, a: Assumptions) -> str:
         e["hours"] += u.seconds(a) * u.gpus / 3600
     for (regime, c), e in sorted(by.items(), key=lambda kv: (kv[0][1] is not None, kv[0][0], kv[0][1] or 0.0)):
         c_txt = "" if c is None else f"{c:g}"
-        lines.append(f"{regime:<22}{c_txt:>6}{len(e['lineages']):>10}{e['train'] / 1e15:>14.3g}{e['sample'] / 1e15:>14.3g}{e['hours']:>12.3g}")
+        pflops = f"{e['train'] / 1e15:>14.3g}{e['sample'] / 1e15:>14.3g}"
+        lines.append(f"{regime:<22}{c_txt:>6}{len(e['lineages']):>10}{pflops}{e['hours']:>12.3g}")
     total = plan.gpu_hours(a)
     util = total * 3600 / (plan.makespan_s * plan.gpus) if plan.makespan_s else 0.0
-    lines += ["", f"total: {total:.3g} GPU-hours; on {plan.gpus} GPUs about {plan.makespan_s / 3600:.3g} h wall "
-              f"({util:.0%} of the GPUs busy: lineages are sequential chains)"]
+    lines += [
+        "",
+        f"total: {total:.3g} GPU-hours; on {plan.gpus} GPUs about {plan.makespan_s / 3600:.3g} h wall "
+        f"({util:.0%} of the GPUs busy: lineages are sequential chains)",
+    ]
     return "\n".join(lines)

@@ -1,1 +1,1 @@
-"""Command-line interface and reports."""
+"""The command line, reports and the status grid: the top layer, imported by nothing in collapse."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..trainer.config import ConfigError, load_config
+from ..core.config import ConfigError, load_config
 
 console = Console(stderr=True)
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -49,14 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a study from a YAML config")
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (value parsed as YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (value parsed as YAML)",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/<study.name>)")
     _add_exec_args(p)
     p = sub.add_parser("sweep", help="run a study on a Ray cluster (`run` that joins --address, default auto)")
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (value parsed as YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (value parsed as YAML)",
+    )
     p.add_argument("--out", default=None, help="run directory on storage every node sees (default runs/<study.name>)")
-    p.add_argument("--address", default="auto", help="the cluster: auto (RAY_ADDRESS or the local head), host:port, or ray://host:10001")
+    p.add_argument(
+        "--address",
+        default="auto",
+        help="the cluster: auto (RAY_ADDRESS or the local head), host:port, or ray://host:10001",
+    )
     p.add_argument("--dashboard", action="store_true", help=argparse.SUPPRESS)
     p = sub.add_parser("resume", help="continue an interrupted study from its run directory")
     p.add_argument("dir")
@@ -65,12 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p = sub.add_parser("status", help="lineage x generation grid: done / running / failed / queued, with ETA")
     p.add_argument("dir")
-    p.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS until the study ends")
+    p.add_argument(
+        "--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS until the study ends"
+    )
     p = sub.add_parser("plan", help="estimate a study's device-hours and wall time on N GPUs, without running it")
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--gpus", type=int, default=8, help="GPUs available (default 8)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s per GPU (default: H100 bf16 dense, 989)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak TFLOP/s per GPU (default: H100 bf16 dense, 989)"
+    )
     p.add_argument("--mfu", type=float, default=None, help="sustained training model-FLOPs utilisation (default 0.35)")
     p = sub.add_parser("validate", help="check a config without running it")
     p.add_argument("config")
@@ -78,15 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_checked(path: str, overrides: list[str]):
+    """The config, schema-checked, then checked against this machine (paths, installed extras)."""
+    from ..engines.environment import check_environment
+
+    cfg = load_config(path, overrides)
+    check_environment(cfg)
+    return cfg
+
+
 def _execute(run_dir: Path, args) -> int:
-    from ..cluster.manifest import RunDir
     from ..cluster.study import run_study
+    from ..core.rundir import RunDir
     from .report import print_table, write_report
 
-    result = run_study(RunDir(run_dir), local=args.local, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
+    result = run_study(
+        RunDir(run_dir), local=args.local, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard
+    )
     write_report(run_dir, result.failed)
     print_table(result.rows)
-    console.print(f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {run_dir}/metrics.jsonl, plot {run_dir}/collapse_curves.png")
+    console.print(
+        f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {run_dir}/metrics.jsonl, plot "
+        f"{run_dir}/collapse_curves.png"
+    )
     if result.failed:
         for name, error in result.failed.items():
             last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
@@ -97,16 +133,17 @@ def _execute(run_dir: Path, args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ..cluster.manifest import RunDir
+    from ..core.rundir import RunDir
+    from ..core.storage import is_remote, local_run_dir
 
-    from ..trainer.storage import is_remote, local_run_dir
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load_checked(args.config, args.overrides)
     out = str(args.out or Path("runs") / cfg.study.name)
     run_dir = local_run_dir(out)  # a URI: a local working copy, mirrored to the URI as it is written
     run = RunDir(run_dir)
     if run.exists():
-        raise ConfigError(f"--out {out} already holds a study; `collapse resume {out}` continues it, or pass another --out")
+        raise ConfigError(
+            f"--out {out} already holds a study; `collapse resume {out}` continues it, or pass another --out"
+        )
     if is_remote(out):
         console.print(f"run directory {out} (working copy {run_dir})")
     run.create(cfg)
@@ -120,22 +157,21 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from ..cluster.manifest import RunDir
-
-    from ..trainer.storage import local_run_dir
+    from ..core.rundir import RunDir
+    from ..core.storage import local_run_dir
+    from ..engines.environment import check_environment
 
     run_dir = local_run_dir(args.dir)  # a URI: download what the local working copy lacks
     run = RunDir(run_dir)
-    run.load_config()  # ConfigError if this is not a run dir
+    check_environment(run.load_config())  # ConfigError if this is not a run dir or cannot run here
     run.manifest()
     return _execute(run_dir, args)
 
 
 def cmd_report(args) -> int:
-    from ..cluster.manifest import RunDir
-    from .report import PLOT_FILE, REPORT_FILE, print_table, write_report
-
-    from ..trainer.storage import local_run_dir
+    from ..core.rundir import PLOT_FILE, REPORT_FILE, RunDir
+    from ..core.storage import local_run_dir
+    from .report import print_table, write_report
 
     run_dir = local_run_dir(args.dir)
     RunDir(run_dir).load_config()
@@ -146,9 +182,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from ..core.storage import local_run_dir
     from .status import show
-
-    from ..trainer.storage import local_run_dir
 
     try:
         show(local_run_dir(args.dir), args.watch)
@@ -160,7 +195,7 @@ def cmd_status(args) -> int:
 def cmd_plan(args) -> int:
     from ..cluster.sizing import Assumptions, build_plan, render
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load_checked(args.config, args.overrides)
     if args.gpus < 1:
         raise ConfigError("--gpus must be >= 1")
     a = Assumptions()
@@ -173,9 +208,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from ..cluster.plan import expand, gen0_groups
+    from ..core.plan import expand, gen0_groups
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load_checked(args.config, args.overrides)
     specs = expand(cfg)
     Console().print(
         f"[green]ok[/green] {args.config}: {len(specs)} lineages x {cfg.study.generations + 1} generations, "
@@ -184,7 +219,15 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "status": cmd_status, "validate": cmd_validate, "plan": cmd_plan, "sweep": cmd_sweep}
+COMMANDS = {
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "report": cmd_report,
+    "status": cmd_status,
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "sweep": cmd_sweep,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,27 +10,29 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..cluster.manifest import RunDir, read_metrics
-from ..trainer import metrics as M
-from ..trainer.checkpoint import write_bytes_atomic, write_text_atomic
+from ..core import metrics as M
+from ..core.checkpoint import write_bytes_atomic, write_text_atomic
+from ..core.rundir import PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
+from ..engines.families import plotted_metrics as panels
 
-PLOT_FILE = "collapse_curves.png"
-REPORT_FILE = "report.md"
-TABLE_KEYS = (M.PPL_REAL, M.PPL_REAL_P99, M.LOSS_TAIL, M.DISTINCT_2, M.UNIGRAM_ENTROPY, M.SYNTHETIC_FRACTION, M.TRAIN_TOKENS)
-SHORT = {M.PPL_REAL: "ppl", M.PPL_REAL_P99: "ppl p99", M.LOSS_TAIL: "tail loss", M.DISTINCT_2: "dist-2",
-         M.UNIGRAM_ENTROPY: "entropy", M.SYNTHETIC_FRACTION: "synth", M.TRAIN_TOKENS: "tokens"}
-
-
-def panels(rows: list[dict]) -> tuple[tuple[str, str, bool], ...]:
-    """The plotted metrics: a language model's, or the theory family's the rows come from."""
-    if not rows or any(M.PPL_REAL in r for r in rows):
-        return M.PLOTTED
-    from ..trainer.families import FAMILIES
-
-    for family in FAMILIES.values():
-        if any(family.plotted[0][0] in r for r in rows):
-            return family.plotted
-    return M.PLOTTED
+TABLE_KEYS = (
+    M.PPL_REAL,
+    M.PPL_REAL_P99,
+    M.LOSS_TAIL,
+    M.DISTINCT_2,
+    M.UNIGRAM_ENTROPY,
+    M.SYNTHETIC_FRACTION,
+    M.TRAIN_TOKENS,
+)
+SHORT = {
+    M.PPL_REAL: "ppl",
+    M.PPL_REAL_P99: "ppl p99",
+    M.LOSS_TAIL: "tail loss",
+    M.DISTINCT_2: "dist-2",
+    M.UNIGRAM_ENTROPY: "entropy",
+    M.SYNTHETIC_FRACTION: "synth",
+    M.TRAIN_TOKENS: "tokens",
+}
 
 
 def table_keys(rows: list[dict]) -> tuple[str, ...]:
@@ -72,10 +74,10 @@ def real_reference(root: Path) -> dict[str, float]:
     where a collapse-free model's samples would sit in the diversity panels."""
     import numpy as np
 
-    from ..trainer.evaluation import reference_rows
-    from ..trainer.metrics import sample_metrics
+    from ..core.metrics import sample_metrics
+    from ..engines.evaluation import reference_rows
 
-    eval_pool = root / "data" / "eval.npy"
+    eval_pool = RunDir(root).data_dir / "eval.npy"
     if not eval_pool.is_file() or RunDir(root).load_config().model.family != "lm":
         return {}
     ref = reference_rows(np.load(eval_pool, mmap_mode="r"), RunDir(root).load_config().eval.num_samples)
@@ -87,7 +89,7 @@ def _eos_id(root: Path) -> int | None:
     tok_dir = RunDir(root).tokenizer_dir
     if not (tok_dir / "tokenizer.json").is_file():
         return None
-    from ..trainer.tokenizer import load_tokenizer
+    from ..engines.tokenizer import load_tokenizer
 
     return load_tokenizer(tok_dir).eos_token_id
 
@@ -104,7 +106,9 @@ def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None
     cs = sorted({r[M.CONTAMINATION] for r in rows})
     plotted = panels(rows)
     cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(len(plotted), len(regimes), figsize=(4.2 * len(regimes), 2.6 * len(plotted)), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(plotted), len(regimes), figsize=(4.2 * len(regimes), 2.6 * len(plotted)), squeeze=False, sharex=True
+    )
     for j, regime in enumerate(regimes):
         for i, (key, label, _) in enumerate(plotted):
             ax = axes[i][j]
@@ -118,7 +122,9 @@ def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None
                 color = cmap(0.9 * c)
                 ax.plot(gens, mean, marker="o", ms=3, color=color, label=f"c={c:g}")
                 if any(len(series[g]) > 1 for g in gens):  # band over seeds / other axes
-                    ax.fill_between(gens, [min(series[g]) for g in gens], [max(series[g]) for g in gens], color=color, alpha=0.15)
+                    ax.fill_between(
+                        gens, [min(series[g]) for g in gens], [max(series[g]) for g in gens], color=color, alpha=0.15
+                    )
             if reference and key in reference:
                 ax.axhline(reference[key], color="grey", linestyle="--", linewidth=1, label="real text")
             if i == 0:
@@ -160,7 +166,7 @@ DETECTION_KEYS = M.WITH_CI
 def early_warning(rows: list[dict]) -> tuple[list[tuple[str, float]], dict[str, dict[tuple[str, float], str]]]:
     """metric -> (regime, c) -> "median first-detection generation (detected/lineages)" over the
     seeds and other axes of each contaminated cell (c > 0)."""
-    from ..trainer.stats import first_detection
+    from ..core.stats import first_detection
 
     cells = sorted({(r[M.REGIME], r[M.CONTAMINATION]) for r in rows if r[M.CONTAMINATION] > 0})
     lineage_cell = {r[M.LINEAGE]: (r[M.REGIME], r[M.CONTAMINATION]) for r in rows}
@@ -208,7 +214,11 @@ def axis_rankings(rows: list[dict]) -> dict[str, list[str]]:
         for regime in sorted({r[M.REGIME] for r in finals}):
             control = [r for r in finals if r[M.REGIME] == regime and r[M.CONTAMINATION] == 0]
             if control:
-                lines.append(f"| ref | {regime} | c = 0 (no synthetic data) | " + " | ".join(_fmt(mean(control, k)) for k in keys) + " |")
+                lines.append(
+                    f"| ref | {regime} | c = 0 (no synthetic data) | "
+                    + " | ".join(_fmt(mean(control, k)) for k in keys)
+                    + " |"
+                )
         out[axis] = lines
     return out
 
@@ -217,20 +227,15 @@ def _label(value) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-SEARCH_PLOT = "contamination_search.png"
-
-
-def plot_search(root: Path) -> None:
+def plot_search(events: list[dict], path: Path) -> None:
     """Rise vs contamination per group, in the order the search evaluated the points, with the target."""
     import io
-    import json
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    events = [json.loads(line) for line in (root / "search.jsonl").read_text().splitlines() if line.strip()]
     observed: dict = defaultdict(list)
     for e in events:
         if e["event"] == "observe":
@@ -253,18 +258,14 @@ def plot_search(root: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    write_bytes_atomic(root / SEARCH_PLOT, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
-def search_section(root: Path) -> list[str]:
+def search_section(events: list[dict]) -> list[str]:
     """The contamination search's decisions (search.jsonl): per group, every evaluated c with its
     rise, and the threshold found."""
-    import json
-
-    path = root / "search.jsonl"
-    if not path.is_file():
+    if not events:
         return []
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     observed: dict = defaultdict(dict)
     results = {}
     for e in events:
@@ -276,19 +277,35 @@ def search_section(root: Path) -> list[str]:
         return []
     metric = next((e["metric"] for e in events if "metric" in e), "?")
     target = next((e["target_rise"] for e in events if "target_rise" in e), None)
-    lines = ["", f"## Contamination search: smallest c whose `{metric}` rises by {target if target is not None else '?'} (relative to generation 0)", "",
-             "| group (regime, seed, axes) | evaluated c: rise | result | threshold |", "|---|---|---|---|"]
+    lines = [
+        "",
+        f"## Contamination search: smallest c whose `{metric}` rises by {target if target is not None else '?'} "
+        "(relative to generation 0)",
+        "",
+        "| group (regime, seed, axes) | evaluated c: rise | result | threshold |",
+        "|---|---|---|---|",
+    ]
     for group, points in sorted(observed.items()):
         trail = ", ".join(f"{c:g}: {r:+.3f}" for c, r in sorted(points.items()))
         res = results.get(group, {})
         thr = res.get("threshold")
         lines.append(f"| {group} | {trail} | {res.get('result', 'searching')} | {'' if thr is None else f'{thr:g}'} |")
-    return lines + ["", f"![contamination search]({SEARCH_PLOT})"]
+    return lines + ["", f"![contamination search]({SEARCH_PLOT_FILE})"]
 
 
-def markdown(rows: list[dict], study_name: str, failed: dict[str, str], reference: dict[str, float] | None = None,
-             extra_sections: list[str] | None = None) -> str:
-    lines = [f"# Study `{study_name}`", "", f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.", ""]
+def markdown(
+    rows: list[dict],
+    study_name: str,
+    failed: dict[str, str],
+    reference: dict[str, float] | None = None,
+    extra_sections: list[str] | None = None,
+) -> str:
+    lines = [
+        f"# Study `{study_name}`",
+        "",
+        f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.",
+        "",
+    ]
     lines += ["## Change from first to last generation (mean over seeds)", ""]
     plotted = panels(rows)
     header = "| regime | c | gens | " + " | ".join(k for k, _, _ in plotted) + " |"
@@ -299,41 +316,63 @@ def markdown(rows: list[dict], study_name: str, failed: dict[str, str], referenc
             a, b = e[key]
             rel = (b - a) / abs(a) * 100 if a else float("nan")
             cells.append(f"{a:.3g} → {b:.3g} ({rel:+.1f}%)")
-        lines.append(f"| {e['regime']} | {e['contamination']:g} | {e['first']}→{e['last']} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {e['regime']} | {e['contamination']:g} | {e['first']}→{e['last']} | " + " | ".join(cells) + " |"
+        )
     if reference:
-        lines += ["", "Held-out real text, same number of sequences as each generation samples: "
-                  + ", ".join(f"{k} {v:.3g}" for k, v in reference.items()) + "."]
+        lines += [
+            "",
+            "Held-out real text, same number of sequences as each generation samples: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in reference.items())
+            + ".",
+        ]
     cells, warn = early_warning(rows)
     if cells and warn:
-        lines += ["", "## Early warning: generation of first detection", "",
-                  "First generation whose 95% interval lies entirely on the collapse side of the c = 0 control's interval "
-                  "at the same generation (same regime and seed; the lineage's own generation 0 where there is no control). "
-                  "Median over lineages of the cell; (detected / lineages); — = never.", ""]
+        lines += [
+            "",
+            "## Early warning: generation of first detection",
+            "",
+            "First generation whose 95% interval lies entirely on the collapse side of the c = 0 control's interval "
+            "at the same generation (same regime and seed; the lineage's own generation 0 where there is no control). "
+            "Median over lineages of the cell; (detected / lineages); — = never.",
+            "",
+        ]
         lines += ["| metric | " + " | ".join(f"{r} c={c:g}" for r, c in cells) + " |", "|" + "---|" * (1 + len(cells))]
         for key, by_cell in warn.items():
             lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in cells) + " |")
     lines += extra_sections or []
     for axis, table in axis_rankings(rows).items():
-        lines += ["", f"## Ranking by `{axis}` (final generation, contaminated lineages)", "",
-                  "Lower perplexity is better; `ref` rows are each regime without synthetic data.", ""] + table
+        lines += [
+            "",
+            f"## Ranking by `{axis}` (final generation, contaminated lineages)",
+            "",
+            "Lower perplexity is better; `ref` rows are each regime without synthetic data.",
+            "",
+        ] + table
     lines += ["", f"![collapse curves]({PLOT_FILE})", "", "## All rows", ""]
     keys = table_keys(rows)
     lines += ["| lineage | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]
     for r in rows:
-        lines.append(f"| {r[M.LINEAGE]} | {r[M.GENERATION]} | " + " | ".join(_fmt(r.get(k, float('nan'))) for k in keys) + " |")
+        lines.append(
+            f"| {r[M.LINEAGE]} | {r[M.GENERATION]} | " + " | ".join(_fmt(r.get(k, float("nan"))) for k in keys) + " |"
+        )
     if failed:
-        lines += ["", "## Failed lineages", ""] + [f"- `{k}`: {v.splitlines()[-1] if v else ''}" for k, v in failed.items()]
+        lines += ["", "## Failed lineages", ""] + [
+            f"- `{k}`: {v.splitlines()[-1] if v else ''}" for k, v in failed.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
 def write_report(root: str | Path, failed: dict[str, str] | None = None) -> list[dict]:
     root = Path(root)
+    run = RunDir(root)
     rows = read_metrics(root)
-    name = RunDir(root).load_config().study.name
+    name = run.load_config().study.name
     reference = real_reference(root)
     if rows:
         plot(rows, root / PLOT_FILE, reference)
-    if (root / "search.jsonl").is_file():
-        plot_search(root)
-    write_text_atomic(root / REPORT_FILE, markdown(rows, name, failed or {}, reference, search_section(root)))
+    search = run.search_events()
+    if search:
+        plot_search(search, root / SEARCH_PLOT_FILE)
+    write_text_atomic(root / REPORT_FILE, markdown(rows, name, failed or {}, reference, search_section(search)))
     return rows

@@ -1,0 +1,102 @@
+"""The one scheduling loop: free slots take work from the queue, finished units update the ledger,
+lost slots are replaced and their unit retried (bounded, exponential backoff) from its last
+checkpoint. The same loop runs in the driver (`--local`) and in the detached scheduler actor."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..core.plan import LineageSpec
+from ..core.rundir import RunDir
+from .progress import Ledger
+from .queue import Gen0Work, LineageWork, Work, WorkQueue
+from .slots import Slots
+
+log = logging.getLogger(__name__)
+
+
+def dispatch(run: RunDir, ledger: Ledger, make_slots) -> int:
+    """Run every unit not yet done; return the number of slots used. `make_slots(work)` builds
+    the slots for `work` known items."""
+    G, res = ledger.G, ledger.cfg.resources
+    queue = WorkQueue(run, list(ledger.specs), G)
+    slots: Slots = make_slots(queue.size)
+    current: dict[int, LineageSpec | None] = {h: None for h in range(slots.size)}
+    inflight: dict = {}  # handle -> (slot, work, generation)
+    attempts: dict[str, int] = {}
+
+    def assign(h: int) -> None:
+        """Give slot h its lineage's next generation, or the queue's next work item."""
+        spec = current[h]
+        k = run.next_generation(spec.name, G) if spec is not None else G + 1
+        if k <= G:
+            ledger.started(spec.name, k)
+            inflight[slots.submit(h, "run_generation", spec.name, k)] = (h, LineageWork(spec), k)
+            return
+        current[h] = None
+        work = queue.next()
+        if work is None:
+            return
+        if isinstance(work, Gen0Work):
+            for s in queue.sharers(work.key):
+                ledger.started(s.name, 0)
+            inflight[slots.submit(h, "run_gen0", list(work.lineages))] = (h, work, 0)
+        else:
+            current[h] = work.spec
+            assign(h)
+
+    def failed(work: Work, error: str) -> None:
+        for s in queue.gen0_failed(work.key) if isinstance(work, Gen0Work) else [work.spec]:
+            ledger.failed_lineage(s.name, error)
+
+    def retry(h: int, work: Work, error: BaseException, text: str) -> bool:
+        """A lost slot: replace it and queue its work again after a backoff, while retries last."""
+        slots.replace(h)
+        attempts[work.unit] = n = attempts.get(work.unit, 0) + 1
+        if n > res.max_retries:
+            return False
+        delay = res.retry_backoff_s * 2 ** (n - 1)
+        log.warning(
+            "%s lost its actor (%s); retry %d/%d in %.0f s from its last checkpoint",
+            work.unit,
+            type(error).__name__,
+            n,
+            res.max_retries,
+            delay,
+        )
+        queue.retry_later(
+            Gen0Work(work.key, tuple(s.name for s in queue.sharers(work.key))) if isinstance(work, Gen0Work) else work,
+            delay,
+        )
+        ledger.retrying(work.unit, n, res.max_retries, delay, text)
+        return True
+
+    try:
+        for h in range(slots.size):
+            assign(h)
+        while inflight or queue.pending:
+            if not inflight:
+                time.sleep(0.5)  # only retries waiting out their backoff
+            for handle, result, error, text in slots.wait(list(inflight), timeout=1.0):
+                h, work, k = inflight.pop(handle)
+                if error is not None:
+                    current[h] = None
+                    if slots.lost(error):
+                        if retry(h, work, error, text):
+                            assign(h)
+                            continue
+                        text += f" (after {res.max_retries} retries)"
+                    failed(work, text)
+                elif isinstance(work, Gen0Work):
+                    queue.gen0_done(work.key)
+                else:
+                    for new in ledger.finished(work.spec, k, result):
+                        queue.add(new)
+                assign(h)
+            busy = {v[0] for v in inflight.values()}
+            for idle in [h for h in range(slots.size) if h not in busy]:
+                assign(idle)  # lineages that just became ready (a generation 0 finished, a backoff ran out)
+    finally:
+        slots.shutdown()
+    return slots.size

@@ -1,0 +1,176 @@
+"""What a study tells its user and its run dir while it runs.
+
+`Ledger` is the bookkeeping every executor shares (local or Ray): finished units rebuild
+metrics.jsonl (throttled), retries and failures go to events.jsonl and FAILED.json, and the
+contamination search hears about every finished generation. `ProgressView` is the terminal board
+it (or the driver watching a detached scheduler) updates.
+The study-level W&B run is written here too, once the study's rows are in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..core.config import Config
+from ..core.plan import LineageSpec, spec_for_point
+from ..core.rundir import DONE_S, FAILED_S, RUNNING, RunDir, Snapshot
+from ..core.tracking import log_study_summary
+from ..engines.families import plotted_metrics
+from .search import ThresholdSearch
+
+log = logging.getLogger(__name__)
+METRICS_EVERY_S = 5.0
+console = Console(stderr=True)
+
+
+def format_row(row: dict) -> str:
+    keys = [k for k, _, _ in plotted_metrics([row])][:2]
+    return "  ".join(f"{k} {row.get(k, float('nan')):.4g}" for k in keys)
+
+
+class ProgressView:
+    """One bar per lineage (generations done / total) with a status column; `enabled=False` for a
+    scheduler that has no terminal."""
+
+    def __init__(self, generations: int, enabled: bool = True):
+        self.total = generations + 1
+        self.progress = Progress(
+            TextColumn("{task.description:<34}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=not enabled,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> ProgressView:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, name: str, status: str, done: int | None = None) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=self.total, completed=done or 0, status=status)
+        elif done is None:
+            self.progress.update(self.tasks[name], status=status)
+        else:
+            self.progress.update(self.tasks[name], completed=done, status=status)
+
+    def show(self, snap: Snapshot) -> None:
+        """Redraw from a run-dir snapshot (the driver of a detached scheduler)."""
+        for name in snap.lineages:
+            states = [snap.states[(name, k)] for k in range(snap.generations + 1)]
+            done = sum(st == DONE_S for st in states)
+            last = snap.rows.get((name, done - 1), {}) if done else {}
+            status = (
+                "[red]failed[/red]"
+                if FAILED_S in states
+                else f"gen {states.index(RUNNING)} running"
+                if RUNNING in states
+                else "done  " + format_row(last)
+                if done == len(states)
+                else format_row(last)
+                if done
+                else "queued"
+            )
+            self.update(name, status, done)
+
+
+class Ledger:
+    """Bookkeeping of one scheduling session; `specs` grows as the search launches lineages."""
+
+    def __init__(self, run: RunDir, cfg: Config, specs: list[LineageSpec], view: ProgressView):
+        self.run, self.cfg, self.specs, self.view = run, cfg, specs, view
+        self.G = cfg.study.generations
+        self.failed: dict[str, str] = {}
+        self.search = _start_search(run, cfg, specs)
+        self._metrics_written = -float("inf")
+        for s in specs:
+            done = run.next_generation(s.name, self.G)
+            view.update(s.name, "queued" if done <= self.G else "done", done)
+
+    def started(self, name: str, k: int) -> None:
+        self.view.update(name, f"gen {k} running")
+
+    def finished(self, spec: LineageSpec, k: int, row: dict) -> list[LineageSpec]:
+        """Record a finished generation; return the lineages the search launches because of it."""
+        self.view.update(spec.name, format_row(row) if k < self.G else "done  " + format_row(row), k + 1)
+        # metrics.jsonl is rebuilt from every finished unit: at most every few seconds (the end of
+        # the study writes it once more), else a study of thousands of fast units spends its time
+        # re-reading its own results.
+        if time.monotonic() - self._metrics_written > METRICS_EVERY_S:
+            self.rebuild_metrics()
+            self._metrics_written = time.monotonic()
+        return self._launched_by(spec, k, row)
+
+    def retrying(self, unit: str, attempt: int, of: int, delay: float, error: str) -> None:
+        self.run.log_event(
+            {"event": "retry", "unit": unit, "attempt": attempt, "max": of, "delay_s": delay, "error": error}
+        )
+        if unit in self.view.tasks:
+            self.view.update(unit, f"[yellow]retry {attempt}[/yellow] (actor lost)")
+
+    def failed_lineage(self, name: str, error: str) -> None:
+        self.failed[name] = error
+        self.run.mark_failed(name, error)
+        self.run.log_event(
+            {"event": "failed", "lineage": name, "error": error.strip().splitlines()[-1] if error.strip() else ""}
+        )
+        self.view.update(name, "[red]failed[/red]")
+
+    def rebuild_metrics(self) -> list[dict]:
+        return self.run.rebuild_metrics([s.name for s in self.specs], self.G)
+
+    def _launched_by(self, spec: LineageSpec, k: int, row: dict) -> list[LineageSpec]:
+        search = self.search
+        if search is None or k != search.G:
+            return []
+        gen0 = self.run.unit_row(spec.name, 0)
+        new = []
+        for point in search.observe(spec, gen0.get(search.metric, float("nan")), row.get(search.metric, float("nan"))):
+            s = spec_for_point(self.cfg, point, len(self.specs))
+            if s.name not in {x.name for x in self.specs}:
+                self.specs.append(s)
+                self.view.update(s.name, "queued (search)", 1)
+                new.append(s)
+        return new
+
+
+def _start_search(run: RunDir, cfg: Config, specs: list[LineageSpec]) -> ThresholdSearch | None:
+    """The contamination search, with every already finished lineage replayed (on resume)."""
+    if not cfg.search.enabled:
+        return None
+    search = ThresholdSearch(cfg.search.spec(cfg.study.generations), specs, run)
+    for s in specs:
+        if run.unit_done(s.name, 0) and run.unit_done(s.name, search.G):
+            gen0, row = run.unit_row(s.name, 0), run.unit_row(s.name, search.G)
+            search.observe(s, gen0.get(search.metric, float("nan")), row.get(search.metric, float("nan")), replay=True)
+    return search
+
+
+def log_study_run(run: RunDir, cfg: Config, rows: list[dict], uid: str) -> None:
+    """The study-level W&B run (cross-lineage table and curves); never fails the study."""
+    t = cfg.tracking
+    try:
+        log_study_summary(
+            rows,
+            plotted_metrics(rows),
+            t.wandb,
+            t.project,
+            t.entity,
+            cfg.study.name,
+            uid,
+            {"study": cfg.study.name, "config": cfg.to_dict()},
+            str(run.root),
+        )
+    except Exception as exc:  # noqa: BLE001 - results are on disk; tracking is a view of them
+        log.warning("study-level W&B run not written: %s", exc)

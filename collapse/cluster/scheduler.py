@@ -1,0 +1,100 @@
+"""The scheduler: a detached Ray actor that owns the study's plan. The driver only starts (or
+finds) it and watches the run directory, so the driver can die (a closed laptop, a login node) and
+`collapse resume` re-attaches to the scheduler that is still running."""
+
+from __future__ import annotations
+
+from ..core.rundir import RunDir
+from .dispatch import dispatch
+from .progress import Ledger, ProgressView, console, log_study_run
+from .slots import RaySlots
+from .worker import setup_worker_logging
+
+SCHEDULER_NAMESPACE = "collapse"
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
+
+
+def scheduler_name(uid: str) -> str:
+    return f"collapse-scheduler-{uid}"
+
+
+class StudyScheduler:
+    def __init__(self, run_dir: str, uid: str):
+        setup_worker_logging(run_dir, "scheduler")
+        self.run_dir, self.uid = run_dir, uid
+
+    def run(self) -> dict:
+        """Run every unit not yet done; return {failed, slots, rows}. Calls queue up behind a
+        running one, so a re-attached driver's call returns when the study is finished."""
+        run = RunDir(self.run_dir)
+        cfg = run.load_config()
+        ledger = Ledger(run, cfg, run.lineages(cfg), ProgressView(cfg.study.generations, enabled=False))
+        slots = dispatch(run, ledger, lambda work: RaySlots(str(run.root), self.uid, cfg, work))
+        rows = ledger.rebuild_metrics()  # with the lineages a search added
+        log_study_run(run, cfg, rows, self.uid)
+        return {"failed": ledger.failed, "slots": slots}
+
+
+def drive_scheduler(run: RunDir, generations: int, uid: str, max_restarts: int = 3) -> dict:
+    """Find or start the study's scheduler, watch the run dir until it is done, then stop it."""
+    import ray
+    from ray.exceptions import RayActorError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = scheduler_name(uid)
+    restarts = 0
+    seen_events = len(run.events())
+    while True:
+        try:
+            sched = ray.get_actor(name, namespace=SCHEDULER_NAMESPACE)
+            console.print(f"attached to the study's running scheduler ({name})")
+        except ValueError:
+            # On the head node, which holds the cluster's state and outlives worker nodes (the
+            # driver may be attached to any node); next to the driver where there is no head marker.
+            options = dict(name=name, namespace=SCHEDULER_NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=0)
+            if HEAD_RESOURCE in ray.cluster_resources():
+                options["resources"] = {HEAD_RESOURCE: 0.001}
+            else:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                    node_id=ray.get_runtime_context().get_node_id(), soft=True
+                )
+            sched = ray.remote(StudyScheduler).options(**options).remote(str(run.root), uid)
+        ref = sched.run.remote()
+        try:
+            seen_events = _watch(run, generations, ref, seen_events)
+            outcome = ray.get(ref)
+            break
+        except RayActorError as exc:
+            restarts += 1
+            if restarts > max_restarts:
+                raise
+            console.print(
+                f"[yellow]the scheduler was lost ({type(exc).__name__}); starting a new one (progress is on "
+                "disk)[/yellow]"
+            )
+    ray.kill(sched)  # detached: it would outlive the study otherwise
+    return outcome
+
+
+def _watch(run: RunDir, generations: int, ref, seen_events: int) -> int:
+    """Live progress from the run dir (the scheduler may be on another node) until `ref` is ready."""
+    import ray
+
+    with ProgressView(generations) as view:
+        while True:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            view.show(run.snapshot())
+            events = run.events()
+            for e in events[seen_events:]:
+                # soft_wrap: one line per event, whatever the terminal width (logs are grepped)
+                if e["event"] == "retry":
+                    console.print(
+                        f"[yellow]retry {e['attempt']}/{e['max']} in {e['delay_s']:.0f} s: {e['unit']} lost its actor "
+                        f"({e['error'][:120]})[/yellow]",
+                        soft_wrap=True,
+                    )
+                elif e["event"] == "failed":
+                    console.print(f"[red]{e['lineage']} failed[/red]: {e['error'][:200]}", soft_wrap=True)
+            seen_events = len(events)
+            if ready:
+                return seen_events

@@ -1,0 +1,104 @@
+"""Lineage workers: run one lineage's generations in order and log each to its W&B run.
+
+The same class runs in-process (`--local`) or as a Ray actor; the driver decides what runs when,
+the worker decides nothing but how to run one generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..core.checkpoint import is_done, mark_done
+from ..core.plan import LineageSpec
+from ..core.rundir import DONE, LOGGED, LOGS_DIR
+from ..core.tracking import NullTracker, Tracker, build_tracker, wandb_run_id
+from ..pipeline.context import StudyContext
+from ..pipeline.unit import Unit, link_gen0, run_unit
+
+
+def setup_worker_logging(run_dir: str | Path, name: str) -> None:
+    """Workers log to DIR/logs/<name>.log; the terminal stays for the driver's progress bars."""
+    path = Path(run_dir) / LOGS_DIR / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in root.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("transformers", "datasets", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class LineageWorker:
+    """Hosts one lineage at a time. As a Ray actor it is a long-lived slot: imports, the tokenizer
+    and the mmapped real pools are loaded once and reused by every lineage it hosts."""
+
+    def __init__(self, run_dir: str, study_uid: str, log_to_file: bool = True):
+        if log_to_file:
+            setup_worker_logging(run_dir, f"worker-{os.getpid()}")
+        self.ctx = StudyContext(run_dir)
+        self.specs = {s.name: s for s in self.ctx.run.lineages(self.ctx.cfg)}
+        self.study_uid = study_uid
+        self.spec: LineageSpec | None = None
+        self._tracker: Tracker | None = None
+
+    def open(self, lineage: str) -> None:
+        self.close()
+        if lineage not in self.specs:  # launched by a contamination search after this actor started
+            self.specs = {s.name: s for s in self.ctx.run.lineages(self.ctx.cfg)}
+        self.spec = self.specs[lineage]
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            t, spec = self.ctx.cfg.tracking, self.spec
+            if t.wandb == "disabled":
+                self._tracker = NullTracker()
+            else:
+                self._tracker = build_tracker(
+                    t.wandb,
+                    project=t.project,
+                    entity=t.entity,
+                    group=self.ctx.cfg.study.name,
+                    name=spec.name,
+                    run_id=wandb_run_id(self.study_uid, spec.name),
+                    config={**spec.identity(), "study": self.ctx.cfg.study.name, "config": spec.config.to_dict()},
+                    directory=str(self.ctx.run.root),
+                )
+        return self._tracker
+
+    def run_generation(self, lineage: str, k: int) -> dict:
+        """Generation k of `lineage` (opened first if this slot hosted another one)."""
+        if self.spec is None or self.spec.name != lineage:
+            self.open(lineage)
+        row = link_gen0(self.ctx, self.spec) if k == 0 else run_unit(self.ctx, Unit.for_lineage(self.spec, k))
+        self._log_pending(k)
+        return row
+
+    def run_gen0(self, lineages: list[str]) -> dict:
+        """Run the generation 0 shared by `lineages`."""
+        return run_unit(self.ctx, Unit.gen0([self.specs[n] for n in lineages]))
+
+    def _log_pending(self, upto: int) -> None:
+        """Log every finished generation not yet logged, in order (a crash between commit and
+        log is caught up on resume; W&B steps must increase)."""
+        for k in range(upto + 1):
+            d = self.ctx.run.unit_dir(self.spec.name, k)
+            if is_done(d, DONE) and not is_done(d, LOGGED):
+                self.tracker.log(self.ctx.run.unit_row(self.spec.name, k), step=k)
+                mark_done(d, LOGGED)
+
+    def shutdown(self) -> None:
+        """End of the study for this slot: close the lineage and stop its training workers."""
+        self.close()
+        self.ctx.close_workers()
+
+    def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.finish()
+            self._tracker = None
+        self.spec = None

@@ -1,0 +1,165 @@
+"""Expand a study's grid into lineages; find the generation-0 units lineages share."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .seeding import short_hash
+
+# -- sizes: how many rows each generation trains on and samples ------------------------------------
+
+
+def sequences_per_generation(tokens_per_generation: int, seq_len: int) -> int:
+    return max(1, tokens_per_generation // seq_len)
+
+
+def rows_per_generation(cfg: Config) -> int:
+    """n, the rows each generation's block D_k holds: sequences for a language model, samples M
+    for a theory family."""
+    if cfg.model.family != "lm":
+        return cfg.theory.samples
+    return sequences_per_generation(cfg.data.tokens_per_generation, cfg.data.seq_len)
+
+
+def synthetic_rows_needed(contamination: float, n_seqs: int) -> int:
+    return int(round(contamination * n_seqs))
+
+
+def candidates_per_row(cfg: Config) -> float:
+    """Synthetic rows sampled per row trained on (`verify` samples extra and keeps the best)."""
+    return 1.0 / cfg.mitigation.verify_keep if cfg.mitigation.filter == "verify" else 1.0
+
+
+def corpus_size(cfg: Config, synthetic_rows: int) -> int:
+    """Rows a generation samples so the next can take `synthetic_rows` after selection."""
+    return int(math.ceil(synthetic_rows * candidates_per_row(cfg))) if synthetic_rows else 0
+
+
+@dataclass(frozen=True)
+class LineageSpec:
+    name: str
+    index: int
+    contamination: float
+    regime: str
+    seed: int
+    extra: tuple[tuple[str, Any], ...] = ()
+    gen0_key: str = ""
+    config: Config = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def identity(self) -> dict[str, Any]:
+        """The grid coordinates of this lineage (the identity columns of metrics.jsonl)."""
+        return {
+            "lineage": self.name,
+            "contamination": self.contamination,
+            "regime": self.regime,
+            "seed": self.seed,
+            **dict(self.extra),
+        }
+
+    @property
+    def corpus_rows(self) -> int:
+        """Synthetic rows each generation samples for the next one."""
+        return corpus_size(self.config, synthetic_rows_needed(self.contamination, rows_per_generation(self.config)))
+
+
+def _fmt(value: Any) -> str:
+    return str(value).replace("/", "_").replace(" ", "")
+
+
+def lineage_name(c: float, regime: str, seed: int, extra: dict[str, Any]) -> str:
+    parts = [f"c{c:.2f}", regime, f"s{seed}"] + [f"{k.split('.')[-1]}={_fmt(v)}" for k, v in extra.items()]
+    return "-".join(parts)
+
+
+def gen0_key(cfg: Config, seed: int) -> str:
+    """Generation 0 trains on real data only, so it depends on the seed, data, model, training,
+    sampling and evaluation settings, but not on contamination or regime: lineages that agree on
+    the rest share one generation 0."""
+    model = dataclasses.asdict(cfg.model)
+    model["init"] = "base" if cfg.model.init == "base" else "scratch"  # gen 0 starts from base or scratch
+    if model["init"] != "base":
+        model["base_path"] = None
+    mt = cfg.mitigation  # a watermark changes what generation 0 samples; other filters act later
+    watermark = [mt.watermark_gamma, mt.watermark_delta] if mt.filter == "watermark" else None
+    blob = {
+        "study_seed": cfg.study.seed,
+        "seed": seed,
+        "model": model,
+        "watermark": watermark,
+        **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "train", "sample", "eval", "theory")},
+    }
+    return short_hash(json.dumps(blob, sort_keys=True))
+
+
+def expand(cfg: Config, search_points: list[dict] | tuple = ()) -> list[LineageSpec]:
+    """The study's lineages: the grid's product, plus the lineages a contamination search added
+    (`search_points`: {contamination, regime, seed, extra}, in the order they were decided)."""
+    g = cfg.grid
+    extra_keys = list(g.extra)
+    axes = [g.contamination, g.regime, g.seed] + [g.extra[k] for k in extra_keys]
+    combos = list(itertools.product(*axes))
+    for p in search_points:
+        combos.append(
+            (p["contamination"], p["regime"], p["seed"], *(dict(p.get("extra", {})).get(k) for k in extra_keys))
+        )
+    specs, seen = [], set()
+    for values in combos:
+        c, regime, seed, *rest = values
+        extra = dict(zip(extra_keys, rest))
+        lineage_cfg = cfg.replace(extra) if extra else cfg
+        name = lineage_name(c, regime, seed, extra)
+        if name in seen:  # duplicated grid values: identical lineages never run twice
+            continue
+        seen.add(name)
+        specs.append(
+            LineageSpec(
+                name,
+                len(specs),
+                float(c),
+                regime,
+                int(seed),
+                tuple(extra.items()),
+                gen0_key(lineage_cfg, seed),
+                lineage_cfg,
+            )
+        )
+    return specs
+
+
+def spec_for_point(cfg: Config, point: dict, index: int) -> LineageSpec:
+    """The lineage a contamination search launches (same construction as a grid lineage)."""
+    extra = {k: v for k, v in point.get("extra", [])}
+    lineage_cfg = cfg.replace(extra) if extra else cfg
+    c, regime, seed = float(point["contamination"]), point["regime"], int(point["seed"])
+    return LineageSpec(
+        lineage_name(c, regime, seed, extra),
+        index,
+        c,
+        regime,
+        seed,
+        tuple(extra.items()),
+        gen0_key(lineage_cfg, seed),
+        lineage_cfg,
+    )
+
+
+def gen0_groups(specs: list[LineageSpec]) -> dict[str, list[LineageSpec]]:
+    groups: dict[str, list[LineageSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.gen0_key, []).append(s)
+    return groups
+
+
+def estimated_cost(spec: LineageSpec, generations: int) -> float:
+    """Relative cost of a lineage in sequence-passes, for scheduling: training rows per
+    generation (accumulate grows by n each generation) plus sampling (~1.5x a training pass)."""
+    t = spec.config.train
+    n = rows_per_generation(spec.config)
+    train = sum((k + 1) * n if spec.regime == "accumulate" else n for k in range(1, generations + 1))
+    return t.epochs * train + 1.5 * spec.corpus_rows * generations

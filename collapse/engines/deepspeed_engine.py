@@ -1,0 +1,143 @@
+"""The DeepSpeed engine: the torch engine's loop, run on every rank of a ZeRO data-parallel group.
+
+Same contract as `TorchEngine`: global batch `train.batch_size` whatever the number of ranks; the
+batch at step s is `batch_indices(s)` and rank r reads its contiguous slice, so the data is a
+function of (seed, generation, step, rank); step checkpoints are DeepSpeed's own (sharded, one file
+set per rank) in a temp dir renamed into place by rank 0 after a barrier, with step.json last.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..core.checkpoint import read_json, remove_tree, replace_dir, write_json_atomic
+from ..core.config import TrainConfig
+from .environment import resolve_deepspeed_config
+from .torch_engine import STEP_DIR, STEP_DONE, TrainResult, latest_checkpoint, make_optimizer, run_steps, total_steps
+
+log = logging.getLogger(__name__)
+TAG = "ckpt"
+
+
+def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
+    """The JSON named by `train.deepspeed`, with "auto" fields derived from the train config."""
+    path = resolve_deepspeed_config(cfg.deepspeed)
+    if path is None:
+        raise ValueError(f"train.deepspeed: {cfg.deepspeed!r} not found")
+    ds = json.loads(path.read_text())
+    fill = {
+        "train_batch_size": cfg.batch_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.batch_size // (cfg.micro_batch_size * world),
+        "gradient_clipping": cfg.grad_clip,
+    }
+    for key, value in fill.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+    if ds.get("bf16", {}).get("enabled") == "auto":
+        ds["bf16"]["enabled"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class DeepSpeedEngine:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def fit(
+        self, model: torch.nn.Module, rows: np.ndarray, seed_parts: tuple, ckpt_root: Path
+    ) -> tuple[TrainResult, dict | None]:
+        """Train on this rank. Returns the result and, on rank 0, the consolidated fp32 state dict."""
+        import deepspeed
+
+        cfg, t0 = self.cfg, time.perf_counter()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        ds_cfg = deepspeed_config(cfg, world)
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=make_optimizer(model, cfg), config=copy.deepcopy(ds_cfg)
+        )
+        n_rows, steps = len(rows), total_steps(len(rows), cfg)
+        start, losses = self._restore(engine, ckpt_root)
+        data = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        per_rank = cfg.batch_size // world
+        micro_per_step = cfg.batch_size // cfg.micro_batch_size  # over all ranks
+        device = engine.device
+        engine.train()
+
+        def train_step(indices: np.ndarray) -> float:
+            mine = indices[rank * per_rank : (rank + 1) * per_rank]
+            local = torch.zeros((), dtype=torch.float64)
+            for micro in data[mine].split(cfg.micro_batch_size):
+                micro = micro.to(device)
+                loss = engine(input_ids=micro, labels=micro).loss
+                engine.backward(loss)  # DeepSpeed scales by 1/accumulation and averages over ranks
+                engine.step()  # steps the optimizer at the accumulation boundary only
+                local += loss.detach().double().cpu()
+            if dist.is_initialized():  # log the global-batch mean, as the single-process loop does
+                dist.all_reduce(local)
+            return float(local) / micro_per_step
+
+        save = lambda step, losses: self._save(engine, step, losses, ckpt_root, rank)  # noqa: E731
+        run_steps(cfg, optimizer, n_rows, start, steps, losses, seed_parts, train_step, save)
+        state = self._consolidate(engine, rank, ds_cfg)
+        result = TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
+        if hasattr(engine, "destroy"):  # frees DeepSpeed's hooks and buffers (newer releases)
+            engine.destroy()
+        return result, state
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _save(self, engine, step: int, losses: list[float], root: Path, rank: int) -> None:
+        final = root / STEP_DIR.format(step)
+        tmp = root / f".{final.name}.tmp-{step}"  # same name on every rank (a shared filesystem)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        engine.save_checkpoint(str(tmp), tag=TAG)  # every rank writes its shards
+        _barrier()
+        if rank == 0:
+            write_json_atomic(tmp / STEP_DONE, {"step": step, "losses": losses, "engine": "deepspeed"})
+            replace_dir(tmp, final)  # every rank's shards are fsynced before the checkpoint appears
+            for old in root.glob("step_*"):
+                if old.name != final.name:
+                    remove_tree(old)
+        _barrier()
+
+    def _restore(self, engine, root: Path) -> tuple[int, list[float]]:
+        latest = latest_checkpoint(root)
+        if latest is None:
+            return 0, []
+        engine.load_checkpoint(str(latest), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        meta = read_json(latest / STEP_DONE)
+        log.info("resumed DeepSpeed training at step %d from %s", meta["step"], latest)
+        return int(meta["step"]), list(meta["losses"])
+
+    def _consolidate(self, engine, rank: int, ds_cfg: dict) -> dict | None:
+        """Full fp32 weights on rank 0 (ZeRO-3 gathers the partitioned parameters first)."""
+        module = engine.module
+        if ds_cfg.get("zero_optimization", {}).get("stage", 0) == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = (
+                    {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+                )
+        else:
+            state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+        _barrier()
+        return state

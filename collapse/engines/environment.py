@@ -1,0 +1,63 @@
+"""What a config needs from this machine: installed extras, local paths, bundled DeepSpeed configs.
+
+Kept apart from the schema checks in `core.config` (which read nothing but the config): these
+read the file system and the installed packages, so they run once at the front door (`collapse
+run / resume / validate`), not for every lineage a plan expands.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..core.config import Config, ConfigError
+
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parent / "deepspeed_configs"  # package data
+
+
+def resolve_deepspeed_config(name: str) -> Path | None:
+    """A JSON path as given, or a bundled config by name (`zero2` -> deepspeed_configs/zero2.json)."""
+    for candidate in (Path(name), DEEPSPEED_CONFIGS / name, DEEPSPEED_CONFIGS / f"{name}.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"`{key}` {message}")
+
+
+def check_environment(cfg: Config) -> None:
+    """Raise ConfigError (naming the key and the fix) if this machine cannot run `cfg`."""
+    m, t, g = cfg.model, cfg.train, cfg.grid
+    if m.adapter == "lora":
+        _require(
+            importlib.util.find_spec("peft") is not None, "model.adapter", '`lora` needs peft: pip install -e ".[lora]"'
+        )
+    if m.init == "base" or "base" in g.extra.get("model.init", []):
+        path = Path(m.base_path or "")
+        _require(
+            path.is_dir() and (path / "config.json").exists(),
+            "model.base_path",
+            f"must be a local Hugging Face model dir with config.json (not found: {m.base_path})",
+        )
+    if t.engine == "deepspeed":
+        bundled = sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.json"))
+        _require(
+            resolve_deepspeed_config(t.deepspeed) is not None,
+            "train.deepspeed",
+            f"{t.deepspeed!r} is neither a file nor one of {bundled}",
+        )
+    if cfg.sample.backend == "vllm":
+        _require(
+            importlib.util.find_spec("vllm") is not None,
+            "sample.backend",
+            '`vllm` needs vLLM installed (GPU machines): pip install -e ".[vllm]"; or use `fast`',
+        )
+    if cfg.data.source != "austen":
+        _require(
+            Path(cfg.data.source).exists(),
+            "data.source",
+            f"path not found: {cfg.data.source} (use `austen` or a local path)",
+        )

@@ -1,0 +1,54 @@
+"""Tokenizer: a byte-level BPE trained on the train split (cached by content hash), or the
+tokenizer of a `base` model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from ..core.checkpoint import write_dir_atomic
+
+EOS = "<|endoftext|>"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COLLAPSE_CACHE", Path.home() / ".cache" / "collapse"))
+
+
+def train_bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style): any text round-trips, no unknown tokens."""
+    digest = hashlib.sha256()
+    digest.update(f"bpe-v1:{vocab_size}".encode())
+    for t in texts:
+        digest.update(hashlib.sha256(t.encode()).digest())
+    cached = cache_dir() / "tokenizers" / digest.hexdigest()[:16]
+    if (cached / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(cached))
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+    write_dir_atomic(cached, lambda d: fast.save_pretrained(str(d)))
+    return fast
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.eos_token is None:
+        raise ValueError(f"tokenizer at {path} has no EOS token; collapse needs one as document separator")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,87 @@
+"""What a worker needs to run the units of one study, loaded lazily from the run dir and kept
+while the worker hosts the study's lineages."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.config import Config
+from ..core.metrics import bigram_table, frequency_buckets, rare_bigram_mask
+from ..core.plan import LineageSpec
+from ..core.rundir import CORPUS_DIR, MODEL_DIR, RunDir
+from ..engines.data import RealData
+from ..engines.evaluation import eval_subset
+from ..engines.model import load_model
+from ..engines.sampling import load_corpus_rows
+from ..engines.tokenizer import load_tokenizer
+from ..engines.vllm_sampler import VLLMSampler
+from ..engines.workers import WorkerGroup
+
+
+class StudyContext:
+    """The study's shared inputs (tokenizer, real pools, eval subset and its masks) and the
+    long-lived things a lineage reuses across generations (its generation-0 model, its DeepSpeed
+    worker group, a vLLM engine)."""
+
+    def __init__(self, run_dir: str | Path, cfg: Config | None = None):
+        self.run = RunDir(run_dir)
+        self.cfg = cfg or self.run.load_config()
+        self._gen0: tuple[Path, torch.nn.Module] | None = None  # (model dir, model) of the current lineage
+        self._vllm: VLLMSampler | None = None
+        self._workers: WorkerGroup | None = None
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.run.tokenizer_dir)
+
+    @cached_property
+    def real(self) -> RealData:
+        return RealData.load(self.run.data_dir)
+
+    @cached_property
+    def eval_rows(self) -> np.ndarray:
+        return eval_subset(self.real.eval, self.cfg.data.eval_sequences)
+
+    @cached_property
+    def buckets(self) -> np.ndarray:
+        return frequency_buckets(self.real.train_token_counts, self.cfg.eval.head_mass, self.cfg.eval.tail_mass)
+
+    @cached_property
+    def rare_mask(self) -> np.ndarray:
+        """[eval rows, L-1]: targets completing a bigram that is rare in the real train split."""
+        return rare_bigram_mask(self.eval_rows, bigram_table(self.real.train), self.cfg.eval.rare_ngram_max_count)
+
+    def gen0_model(self, spec: LineageSpec) -> torch.nn.Module:
+        """The generation-0 model of a lineage (kept: consecutive units of a lineage share it)."""
+        path = self.run.gen0_dir(spec.gen0_key) / MODEL_DIR
+        if self._gen0 is None or self._gen0[0] != path:
+            self._gen0 = (path, load_model(path))
+        return self._gen0[1]
+
+    def vllm_sampler(self, model_dir: Path) -> VLLMSampler:
+        """One vLLM engine per model dir (corpus and eval samples share it); the previous
+        generation's engine is closed first to free its GPU memory."""
+        if self._vllm is None or self._vllm.model_dir != str(model_dir):
+            if self._vllm is not None:
+                self._vllm.close()
+            self._vllm = VLLMSampler(model_dir)
+        return self._vllm
+
+    def workers(self, n: int, cpu: int, gpu: int = 0) -> WorkerGroup:
+        """The lineage's DeepSpeed worker group, started once and reused across generations."""
+        if self._workers is None or self._workers.n != n:
+            self.close_workers()
+            self._workers = WorkerGroup(n, cpu, gpu)
+        return self._workers
+
+    def close_workers(self) -> None:
+        if self._workers is not None:
+            self._workers.shutdown()
+            self._workers = None
+
+    def corpus_rows(self, lineage: LineageSpec, k: int) -> np.ndarray:
+        return load_corpus_rows(self.run.artifacts_dir(lineage.name, lineage.gen0_key, k) / CORPUS_DIR)

@@ -1,0 +1,212 @@
+"""One generation of a language-model lineage, as resumable stages:
+
+    1 build_training_set   real pool + synthetic corpora per regime, counts recorded
+    2 train                Trainer.fit from scratch / previous / base / gen0 -> step checkpoints
+    3 consolidate          HF model dir (safetensors) = the generation's weights; train.json last
+    4 sample               next generation's synthetic corpus with provenance (skipped if unused)
+    5 evaluate             held-out real text + a fixed-size sample set -> metrics
+    6 commit               metrics.json, then DONE (last)
+
+Each stage is skipped when its marker exists, so a unit killed at any point resumes where it
+stopped, and every stage is a deterministic function of seeds and earlier stages' outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core import metrics as M
+from ..core.checkpoint import is_done, mark_done, read_json, remove_tree, write_json_atomic
+from ..core.config import Config
+from ..core.plan import LineageSpec, rows_per_generation
+from ..core.rundir import CORPUS_DIR, CORPUS_DONE, MODEL_DIR, TRAIN_META, TRAIN_ROWS, TRAIN_STATE
+from ..core.seeding import derive_seed, seed_everything
+from ..engines.data import build_training_set
+from ..engines.evaluation import evaluate_real, evaluate_samples, gen0_perplexity, reference_rows, token_nll
+from ..engines.mitigation import apply_filter, verified_order, watermark_for
+from ..engines.model import count_parameters, load_model
+from ..engines.samplers import build_sampler
+from ..engines.sampling import Sampler, sample_rows, save_corpus
+from ..engines.watermark import Watermark
+from ..engines.workers import DistributedSampler, InitSpec
+from .commit import commit, metrics_row
+from .context import StudyContext
+from .trainers import build_trainer
+
+
+def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
+    spec, k, cfg = unit.spec, unit.generation, unit.spec.config
+    torch.set_num_threads(cfg.resources.cpu)
+    seed_everything(ctx.cfg.study.seed, unit.label, k)  # for any library code drawing from global RNGs
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    watermark = watermark_for(cfg, ctx.cfg.study.seed)
+    sampler = choose_sampler(ctx, cfg, out)
+    if not is_done(out, TRAIN_META):
+        t = time.perf_counter()
+        model = train(ctx, unit, out, watermark)
+        timing["train_s"] = time.perf_counter() - t
+    else:
+        model = load_model(out / MODEL_DIR)
+    train_meta = read_json(out / TRAIN_META)
+    if k < ctx.cfg.study.generations and unit.corpus_rows > 0 and not is_done(out, CORPUS_DONE):
+        t = time.perf_counter()
+        sample(ctx, unit, out, model, sampler, watermark, train_meta["weights_sha256"][:16])
+        timing["sample_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    metrics = evaluate(ctx, unit, model, sampler, watermark)
+    timing["eval_s"] = time.perf_counter() - t
+    extra = {
+        M.TRAIN_TOKENS: train_meta["training_set"]["tokens"],
+        M.TRAIN_LOSS: train_meta["final_loss"],
+        M.TRAIN_STEPS: train_meta["steps"],
+        M.NUM_PARAMS: train_meta["num_params"],
+        **train_meta.get("mitigation", {}),
+    }
+    row = metrics_row(spec, k, metrics, train_meta["training_set"], time.perf_counter() - t0, extra)
+    return commit(out, row, timing)
+
+
+def train(ctx: StudyContext, unit, out: Path, watermark: Watermark | None) -> torch.nn.Module:
+    """Stages 1-3: the training set, the trained weights in out/MODEL_DIR, then train.json."""
+    spec, k, cfg, study = unit.spec, unit.generation, unit.spec.config, ctx.cfg.study
+    tset = build_training_set(
+        k,
+        spec.regime,
+        spec.contamination,
+        ctx.real,
+        synthetic_of=lambda j: _synthetic_rows(ctx, spec, j),
+        n_seqs=rows_per_generation(cfg),
+        real_seed_parts=(study.seed, spec.seed),
+        subsample_seed_parts=(study.seed, unit.label),
+        real_rows=None
+        if cfg.data.real_tokens_per_generation is None
+        else cfg.data.real_tokens_per_generation // cfg.data.seq_len,
+        fresh_real=cfg.data.fresh_real,
+    )
+    tset, filter_stats = apply_filter(
+        tset, cfg, k, (study.seed, unit.label), watermark, score=_gen0_nll(ctx, spec), real_pool=ctx.real.train
+    )
+    init, parent = _init_spec(ctx, unit)
+    trained = build_trainer(ctx, cfg).fit(tset, init, k, (study.seed, unit.label, k), out)
+    result = trained.result
+    meta = {
+        "training_set": tset.summary(cfg.data.seq_len),
+        "init": cfg.model.init if k > 0 else ("base" if cfg.model.init == "base" else "scratch"),
+        "init_from": parent,
+        "steps": result.steps,
+        "tokens_seen": result.tokens,
+        "final_loss": result.final_loss,
+        "losses": result.losses,
+        "resumed_from_step": result.resumed_from,
+        "num_params": count_parameters(trained.model),
+        "trainable_params": trained.trainable_params,
+        "weights_sha256": trained.weights_sha256,
+        "mitigation": filter_stats,
+    }
+    write_json_atomic(out / TRAIN_META, meta)  # last: the train stage is done
+    remove_tree(out / TRAIN_STATE)
+    remove_tree(out / TRAIN_ROWS)
+    return trained.model
+
+
+def sample(
+    ctx: StudyContext, unit, out: Path, model, sampler: Sampler, watermark: Watermark | None, parent: str
+) -> None:
+    """Stage 4: the next generation's synthetic corpus, with provenance columns; its marker last."""
+    k, cfg, study = unit.generation, unit.spec.config, ctx.cfg.study
+    rows, prompt_ids, n_prompt, params = sample_rows(
+        model,
+        sampler,
+        unit.corpus_rows,
+        cfg.sample,
+        cfg.data.seq_len,
+        ctx.tokenizer.eos_token_id,
+        ctx.real.prompt,
+        (study.seed, unit.label, k, "corpus"),
+        watermark,
+    )
+    save_corpus(out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, parent)
+    mark_done(out, CORPUS_DONE, {"rows": int(len(rows)), "tokens": int(rows.size), "params": params.__dict__})
+
+
+def evaluate(ctx: StudyContext, unit, model, sampler: Sampler, watermark: Watermark | None) -> dict:
+    """Stage 5: held-out real text, then diversity and gen-0 perplexity of a fixed-size sample set."""
+    spec, k, cfg, study = unit.spec, unit.generation, unit.spec.config, ctx.cfg.study
+    e = cfg.eval
+    rng = np.random.default_rng(derive_seed(study.seed, unit.label, k, "bootstrap"))
+    real_metrics = evaluate_real(
+        model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng
+    )
+    # Diversity on a fixed-size sample set seeded by (seed, generation) only: lineages with the
+    # same seed draw with common random numbers, so their differences are the models'.
+    samples, *_ = sample_rows(
+        model,
+        sampler,
+        e.num_samples,
+        cfg.sample,
+        cfg.data.seq_len,
+        ctx.tokenizer.eos_token_id,
+        ctx.real.prompt,
+        (study.seed, spec.seed, k, "eval-samples"),
+        watermark,
+    )
+    reference = reference_rows(ctx.real.eval, e.num_samples)
+    decode = lambda rows: ctx.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)  # noqa: E731
+    texts, ref_texts = (decode(samples), decode(reference)) if e.embeddings else (None, None)
+    div = evaluate_samples(samples, reference, ctx.tokenizer.eos_token_id, e.bootstrap, rng, texts, ref_texts)
+    gen0 = model if k == 0 else ctx.gen0_model(spec)
+    div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng))
+    return {**real_metrics, **div}
+
+
+def choose_sampler(ctx: StudyContext, cfg: Config, out: Path) -> Sampler:
+    """vLLM on the GPU; data-parallel over the lineage's workers after sharded training; else the
+    configured sampler in this process. One per unit: the corpus and the eval samples share it."""
+    if cfg.sample.backend == "vllm":
+        return ctx.vllm_sampler(out / MODEL_DIR)
+    if cfg.train.engine == "deepspeed" and cfg.train.workers > 1:
+        return DistributedSampler(
+            ctx.workers(cfg.train.workers, cfg.resources.cpu, cfg.resources.gpu), out / MODEL_DIR, cfg.sample
+        )
+    return build_sampler(cfg.sample)
+
+
+def _gen0_nll(ctx: StudyContext, spec: LineageSpec):
+    """Mean NLL per row under the lineage's generation-0 model (loaded on first use)."""
+    return lambda rows: token_nll(ctx.gen0_model(spec), rows, spec.config.eval.batch_size).mean(1)
+
+
+def _init_spec(ctx: StudyContext, unit) -> tuple[InitSpec, str]:
+    """Where generation k's weights start, and a description for train.json."""
+    spec, k, cfg = unit.spec, unit.generation, unit.spec.config
+    if cfg.model.init == "base":
+        return InitSpec(path=str(cfg.model.base_path)), str(cfg.model.base_path)
+    if cfg.model.init == "gen0" and k > 0:  # every generation re-fine-tunes the model pretrained on real text
+        parent = ctx.run.gen0_dir(spec.gen0_key) / MODEL_DIR
+        return InitSpec(path=str(parent)), str(parent.relative_to(ctx.run.root))
+    if cfg.model.init == "previous" and k > 0:
+        parent = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k - 1) / MODEL_DIR
+        return InitSpec(path=str(parent)), str(parent.relative_to(ctx.run.root))
+    seed = derive_seed(ctx.cfg.study.seed, unit.label, k, "init")
+    init = InitSpec(
+        model=cfg.model,
+        vocab_size=len(ctx.tokenizer),
+        seq_len=cfg.data.seq_len,
+        eos_id=ctx.tokenizer.eos_token_id,
+        seed=seed,
+    )
+    return init, f"scratch(seed={seed})"
+
+
+def _synthetic_rows(ctx: StudyContext, spec: LineageSpec, j: int) -> np.ndarray:
+    """Generation j's corpus as the regime code takes it (a prefix): best-first for `verify`."""
+    rows = ctx.corpus_rows(spec, j)
+    if spec.config.mitigation.filter == "verify":
+        corpus_dir = ctx.run.artifacts_dir(spec.name, spec.gen0_key, j) / CORPUS_DIR
+        rows = verified_order(rows, spec.corpus_rows, corpus_dir, _gen0_nll(ctx, spec))
+    return rows

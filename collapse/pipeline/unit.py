@@ -1,0 +1,61 @@
+"""A unit is one (lineage, generation); generation 0 runs once for every lineage that shares it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..core import metrics as M
+from ..core.checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, write_json_atomic
+from ..core.plan import LineageSpec
+from ..core.rundir import DONE, SHARED_POINTER, UNIT_METRICS
+from .context import StudyContext
+from .stages import run_lm_stages
+from .theory import run_theory_stages
+
+
+@dataclass
+class Unit:
+    """A (lineage, generation) to run. Generation 0 runs once per gen0 key, for every lineage
+    sharing it (`corpus_rows` is then the most any of them needs)."""
+
+    spec: LineageSpec
+    generation: int
+    corpus_rows: int
+    label: str  # seeds and provenance; the lineage name, or gen0-<key> for a shared gen 0
+
+    @classmethod
+    def for_lineage(cls, spec: LineageSpec, k: int) -> Unit:
+        return cls(spec, k, spec.corpus_rows, spec.name)
+
+    @classmethod
+    def gen0(cls, sharers: list[LineageSpec]) -> Unit:
+        return cls(sharers[0], 0, max(s.corpus_rows for s in sharers), f"gen0-{sharers[0].gen0_key}")
+
+
+def run_unit(ctx: StudyContext, unit: Unit) -> dict:
+    """Run (or finish) one unit and return its metrics row. Idempotent."""
+    out = ctx.run.artifacts_dir(unit.spec.name, unit.spec.gen0_key, unit.generation)
+    if is_done(out, DONE):
+        return read_json(out / UNIT_METRICS)
+    with exclusive(lock_path(out)):  # a straggler from a killed run may hold it
+        if is_done(out, DONE):
+            return read_json(out / UNIT_METRICS)
+        out.mkdir(parents=True, exist_ok=True)
+        clean_tmp(out)
+        if unit.spec.config.model.family != "lm":
+            return run_theory_stages(ctx, unit, out)
+        return run_lm_stages(ctx, unit, out)
+
+
+def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
+    """Give a lineage its own generation-0 row, pointing at the shared unit."""
+    shared = ctx.run.gen0_dir(spec.gen0_key)
+    mine = ctx.run.unit_dir(spec.name, 0)
+    if is_done(mine, DONE):
+        return read_json(mine / UNIT_METRICS)
+    row = {**read_json(shared / UNIT_METRICS), **spec.identity(), M.GENERATION: 0}
+    write_json_atomic(mine / SHARED_POINTER, {"path": str(shared.relative_to(ctx.run.root))})
+    write_json_atomic(mine / UNIT_METRICS, row)
+    mark_done(mine, DONE, {"finished": time.time()})
+    return row

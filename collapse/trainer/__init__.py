@@ -1,1 +1,0 @@
-"""Model, data, engine, sampling, evaluation, checkpoint and tracking for one generation."""
