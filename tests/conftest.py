@@ -72,7 +72,7 @@ def ray_session():
     """One real local Ray instance for every test that needs one."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

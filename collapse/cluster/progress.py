@@ -137,7 +137,7 @@ class Ledger:
         gen0 = self.run.unit_row(spec.name, 0)
         new = []
         for point in search.observe(spec, gen0.get(search.metric, float("nan")), row.get(search.metric, float("nan"))):
-            s = spec_for_point(self.cfg, point, len(self.specs))
+            s = spec_for_point(self.cfg, point, len(self.specs), self.run.identity)
             if s.name not in {x.name for x in self.specs}:
                 self.specs.append(s)
                 self.view.update(s.name, "queued (search)", 1)

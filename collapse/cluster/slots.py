@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.config import Config
@@ -112,6 +113,23 @@ class RaySlots:
             ray.kill(actor)
 
 
+# Environment the actors on every node need: offline switches, and the object store's endpoint,
+# region and credentials (a run dir at s3://, gs://, az:// is written by the actors themselves).
+FORWARDED_ENV = ("HF_", "WANDB_", "COLLAPSE_", "TOKENIZERS_", "AWS_", "GOOGLE_", "GCS_", "AZURE_", "FSSPEC_")
+
+
+def use_token_auth_if_available() -> None:
+    """Recent Ray starts a head with token auth whenever a token exists (~/.ray/auth_token, which
+    any earlier local `ray.init` writes), but a driver joining by address only sends it with
+    RAY_AUTH_MODE=token. Sending a token to a head without auth is harmless, so join with it
+    whenever one is there (unless RAY_AUTH_MODE says otherwise)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    default = Path(os.path.expanduser("~/.ray/auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or default.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None:
     """Join `address`, or start a fresh local instance owned by this driver."""
     import logging
@@ -122,11 +140,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         return
     # Forward offline switches and settings; never WANDB_SERVICE: each worker owns its W&B service
     # (a service address points at this host, and a shared one outlives a killed worker's runs).
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith(("HF_", "WANDB_", "COLLAPSE_", "TOKENIZERS_")) and k != "WANDB_SERVICE"
-    }
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV) and k != "WANDB_SERVICE"}
     kwargs = dict(
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
@@ -136,6 +150,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         runtime_env={"env_vars": env} if env else None,
     )
     if address:
+        use_token_auth_if_available()
         ray.init(address=address, **kwargs)
     else:
         # address="local": always a fresh instance owned by this driver, never someone else's.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..core.rundir import RunDir
+from ..core.rundir import LOGS_DIR, RunDir
 from ..core.storage import after_write
 from ..pipeline.prepare import prepare
 from .dispatch import dispatch
@@ -49,7 +49,7 @@ def run_study(
         outcome = drive_scheduler(run, cfg.study.generations, uid)
         failed, slots = outcome["failed"], outcome["slots"]
         rows = run.rebuild_metrics([s.name for s in run.lineages(cfg)], cfg.study.generations)
-    _mirror_wandb(run)
+    _mirror_unmanaged(run)
     seconds = time.perf_counter() - t0
     run.log_session(
         {
@@ -63,8 +63,9 @@ def run_study(
     return StudyResult(rows, failed, seconds)
 
 
-def _mirror_wandb(run: RunDir) -> None:
-    """W&B writes its offline files itself (not through the atomic writers): upload them once the
-    study's runs are closed, when the run directory has a remote home."""
-    if (run.root / "wandb").is_dir():
-        after_write(run.root / "wandb")
+def _mirror_unmanaged(run: RunDir) -> None:
+    """W&B's offline files and the workers' logs are written by their libraries, not through the
+    atomic writers: upload them once the study's runs are closed, when the run dir has a remote home."""
+    for name in ("wandb", LOGS_DIR):
+        if (run.root / name).is_dir():
+            after_write(run.root / name)

@@ -18,6 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError
+from .storage import after_delete, after_write
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -45,15 +48,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def _mirrored(path: Path) -> None:
     """Upload what was just written when the run lives at a remote URI (storage.py)."""
-    from .storage import after_write
-
     after_write(path)
 
 
 def remove_tree(path: str | Path) -> None:
     """Delete a directory (or file) here and in the run's remote copy, if any."""
-    from .storage import after_delete
-
     path = Path(path)
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -178,6 +177,33 @@ def is_locked(lock: str | Path) -> bool:
             return True
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return False
+
+
+def check_locking(directory: str | Path) -> None:
+    """Fail with one line when `directory`'s filesystem cannot flock (default Lustre mounts, some
+    NFS setups): unit locks are what keep a resumed run from racing a killed run's stragglers, so
+    running without them is not safe. Probes with a temporary file that it removes."""
+    import errno
+    import fcntl
+
+    directory = Path(directory)
+    probe = directory / f".flock-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except BlockingIOError:
+        pass  # someone holds it: locking works
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise ConfigError(
+                f"{directory}: this filesystem does not support flock ({exc.strerror}); collapse locks each unit so a "
+                "resumed run never races a killed one. Mount it with flock (Lustre: -o flock; NFS: v4 or lockd) "
+                "or put the run directory (--out) on a filesystem that has it"
+            ) from None
+        raise
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 @contextmanager

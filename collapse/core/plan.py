@@ -77,10 +77,22 @@ def lineage_name(c: float, regime: str, seed: int, extra: dict[str, Any]) -> str
     return "-".join(parts)
 
 
-def gen0_key(cfg: Config, seed: int) -> str:
+# Settings that say how a study executes, not what it computes: the same study on another cluster
+# layout (engine, workers, micro-batches, checkpoint interval, compiled decode, scoring batch) must
+# draw the same seeds and give the same numbers up to float noise, so they never enter the
+# generation-0 identity (from which every seed of a generation-0 unit derives).
+EXECUTION_ONLY = (
+    "train.engine", "train.workers", "train.deepspeed", "train.micro_batch_size", "train.checkpoint_every",
+    "sample.compile", "eval.batch_size",
+)  # fmt: skip
+IDENTITY_VERSION = 2  # 1: studies made before execution settings left the identity (they keep it)
+
+
+def gen0_key(cfg: Config, seed: int, identity: int = IDENTITY_VERSION) -> str:
     """Generation 0 trains on real data only, so it depends on the seed, data, model, training,
     sampling and evaluation settings, but not on contamination or regime: lineages that agree on
-    the rest share one generation 0."""
+    the rest share one generation 0. `identity` 1 is the scheme of earlier releases (execution
+    settings included), kept so their run directories resume onto the same units."""
     model = dataclasses.asdict(cfg.model)
     model["init"] = "base" if cfg.model.init == "base" else "scratch"  # gen 0 starts from base or scratch
     if model["init"] != "base":
@@ -94,10 +106,14 @@ def gen0_key(cfg: Config, seed: int) -> str:
         "watermark": watermark,
         **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "train", "sample", "eval", "theory")},
     }
+    if identity >= 2:
+        for key in EXECUTION_ONLY:
+            section, name = key.split(".")
+            del blob[section][name]
     return short_hash(json.dumps(blob, sort_keys=True))
 
 
-def expand(cfg: Config, search_points: list[dict] | tuple = ()) -> list[LineageSpec]:
+def expand(cfg: Config, search_points: list[dict] | tuple = (), identity: int = IDENTITY_VERSION) -> list[LineageSpec]:
     """The study's lineages: the grid's product, plus the lineages a contamination search added
     (`search_points`: {contamination, regime, seed, extra}, in the order they were decided)."""
     g = cfg.grid
@@ -125,14 +141,14 @@ def expand(cfg: Config, search_points: list[dict] | tuple = ()) -> list[LineageS
                 regime,
                 int(seed),
                 tuple(extra.items()),
-                gen0_key(lineage_cfg, seed),
+                gen0_key(lineage_cfg, seed, identity),
                 lineage_cfg,
             )
         )
     return specs
 
 
-def spec_for_point(cfg: Config, point: dict, index: int) -> LineageSpec:
+def spec_for_point(cfg: Config, point: dict, index: int, identity: int = IDENTITY_VERSION) -> LineageSpec:
     """The lineage a contamination search launches (same construction as a grid lineage)."""
     extra = {k: v for k, v in point.get("extra", [])}
     lineage_cfg = cfg.replace(extra) if extra else cfg
@@ -144,7 +160,7 @@ def spec_for_point(cfg: Config, point: dict, index: int) -> LineageSpec:
         regime,
         seed,
         tuple(extra.items()),
-        gen0_key(lineage_cfg, seed),
+        gen0_key(lineage_cfg, seed, identity),
         lineage_cfg,
     )
 

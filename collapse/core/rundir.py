@@ -35,7 +35,7 @@ from .checkpoint import (
     write_text_atomic,
 )
 from .config import Config, ConfigError, dump_config, load_config
-from .plan import LineageSpec, expand
+from .plan import IDENTITY_VERSION, LineageSpec, expand
 
 # -- study files ----------------------------------------------------------------------------------
 STUDY_FILE = "study.yaml"
@@ -131,6 +131,7 @@ class RunDir:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": platform.python_version(),
             "versions": _versions(),
+            "identity": IDENTITY_VERSION,  # how generation-0 units are keyed (plan.gen0_key)
         }
         write_text_atomic(self.root / STUDY_FILE, dump_config(cfg))
         write_json_atomic(self.root / MANIFEST_FILE, manifest)  # written last: the study exists
@@ -149,9 +150,15 @@ class RunDir:
             )
         return read_json(path)
 
+    @property
+    def identity(self) -> int:
+        """The study's generation-0 identity scheme (1 for run dirs of earlier releases)."""
+        path = self.root / MANIFEST_FILE
+        return int(read_json(path).get("identity", 1)) if path.is_file() else IDENTITY_VERSION
+
     def lineages(self, cfg: Config | None = None) -> list[LineageSpec]:
         """The study's lineages: the grid's, plus those the contamination search launched."""
-        return expand(cfg or self.load_config(), self.search_points())
+        return expand(cfg or self.load_config(), self.search_points(), self.identity)
 
     # -- units -----------------------------------------------------------------------------------
     def unit_done(self, lineage: str, k: int) -> bool:

@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..core import metrics as M
+from ..core.stats import half_sample_ci, with_ci
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def embedding_metrics(
 ) -> dict[str, float]:
     """Diversity, with half-sample intervals when `resamples` > 0 (set-level statistics); with a
     real reference also MAUVE and k-NN precision / recall."""
-    from ..core.stats import half_sample_ci, with_ci
-
     unit = embed(texts) if len(texts) >= 2 else None
     if unit is None:
         return {}

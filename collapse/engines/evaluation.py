@@ -11,6 +11,7 @@ import torch
 
 from ..core import metrics as M
 from ..core.stats import bootstrap_ci, half_sample_ci, with_ci
+from .embeddings import embedding_metrics
 
 
 @dataclass
@@ -123,8 +124,6 @@ def evaluate_samples(
     per_row = M.self_bleu_per_row(samples)
     with_ci(row, M.SELF_BLEU, bootstrap_ci(lambda idx: float(per_row[idx].mean()), len(samples), resamples, rng))
     if texts is not None:
-        from .embeddings import embedding_metrics
-
         row.update(embedding_metrics(texts, resamples, rng, reference_texts))
     return row
 

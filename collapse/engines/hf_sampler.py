@@ -8,6 +8,7 @@ from transformers import GenerationConfig
 
 from ..core.seeding import derive_seed
 from .sampling import SampleParams
+from .watermark import WatermarkLogitsProcessor
 
 
 class HFSampler:
@@ -56,8 +57,6 @@ class HFSampler:
                 extra = {}
                 if params.watermark is not None:
                     from transformers import LogitsProcessorList
-
-                    from .watermark import WatermarkLogitsProcessor
 
                     extra["logits_processor"] = LogitsProcessorList([WatermarkLogitsProcessor(params.watermark)])
                 gen = model.generate(

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from ..core.checkpoint import write_dir_atomic
 from ..core.config import SampleConfig
 from ..core.seeding import numpy_rng
-
-if TYPE_CHECKING:
-    from .watermark import Watermark
+from .watermark import Watermark
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +76,6 @@ class SampleParams:
 
     @property
     def watermark(self) -> Watermark | None:
-        from .watermark import Watermark
-
         return (
             Watermark(self.watermark_gamma, self.watermark_delta, self.watermark_key) if self.watermark_delta else None
         )

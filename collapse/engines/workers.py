@@ -21,6 +21,10 @@ import torch
 
 from ..core.checkpoint import exclusive
 from ..core.config import ModelConfig, TrainConfig
+from .deepspeed_engine import DeepSpeedEngine
+from .model import WEIGHTS_FILE, build_model, load_model, save_model_dir
+from .samplers import build_sampler
+from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,6 @@ class InitSpec:
     seed: int = 0
 
     def build(self) -> torch.nn.Module:
-        from .model import build_model, load_model
-
         if self.path:
             return load_model(self.path)
         return build_model(self.model, self.vocab_size, self.seq_len, self.eos_id, self.seed)
@@ -74,7 +76,11 @@ class TrainWorker:
             torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
 
     def address(self) -> tuple[str, int]:
-        return socket.gethostbyname(socket.gethostname()), _free_port()
+        """Where rank 0 listens for the process group: this node's IP as Ray knows it (the name
+        the host resolves itself to is often 127.0.0.1 or 127.0.1.1, which other nodes cannot reach)."""
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
 
     def setup(self, addr: str, port: int) -> None:
         _init_process_group(self.rank, self.world, addr, port)
@@ -89,10 +95,6 @@ class TrainWorker:
         model_dir: str,
         tokenizer_dir: str,
     ):
-        from .deepspeed_engine import DeepSpeedEngine
-        from .model import save_model_dir
-        from .tokenizer import load_tokenizer
-
         rows = np.load(rows_path, mmap_mode="r")
         model = init.build()
         # Rank 0 holds the training lock: ranks of a killed run that are still finishing their
@@ -119,8 +121,6 @@ class TrainWorker:
         batches: list[int],
     ):
         """Generate the given batches (same per-batch seeds as the single-process sampler)."""
-        from .samplers import build_sampler
-
         model = self._sampling_model(model_dir)
         sampler = build_sampler(sample_cfg)
         return {b: sampler.generate_batch(model, prompts, b, params, seed_parts, pad_id) for b in batches}
@@ -128,8 +128,6 @@ class TrainWorker:
     def _sampling_model(self, model_dir: str):
         """The model to sample from, loaded once per model dir: a generation samples its corpus
         and then its evaluation set from the same weights."""
-        from .model import WEIGHTS_FILE, load_model
-
         key = (model_dir, (Path(model_dir) / WEIGHTS_FILE).stat().st_mtime_ns)
         if getattr(self, "_sampling_key", None) != key:
             self._sampling_key, self._sampling = (

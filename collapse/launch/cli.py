@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..core.checkpoint import check_locking
 from ..core.config import ConfigError, load_config
 
 console = Console(stderr=True)
@@ -112,6 +113,7 @@ def _load_checked(path: str, overrides: list[str]):
 def _execute(run_dir: Path, args) -> int:
     from ..cluster.study import run_study
     from ..core.rundir import RunDir
+    from ..core.storage import remote_uri
     from .report import print_table, write_report
 
     result = run_study(
@@ -119,15 +121,18 @@ def _execute(run_dir: Path, args) -> int:
     )
     write_report(run_dir, result.failed)
     print_table(result.rows)
+    where = remote_uri(run_dir) or str(run_dir)  # what the user typed, not the local cache
     console.print(
-        f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {run_dir}/metrics.jsonl, plot "
-        f"{run_dir}/collapse_curves.png"
+        f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {where}/metrics.jsonl, plot "
+        f"{where}/collapse_curves.png",
+        soft_wrap=True,
     )
     if result.failed:
         for name, error in result.failed.items():
             last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
-            console.print(f"[red]lineage {name} failed[/red]: {last} (details: {run_dir}/lineages/{name}/FAILED.json)")
-        console.print(f"fix the cause, then `collapse resume {run_dir}` reruns only what is missing")
+            details = f"{where}/lineages/{name}/FAILED.json"
+            console.print(f"[red]lineage {name} failed[/red]: {last} (details: {details})", soft_wrap=True)
+        console.print(f"fix the cause, then `collapse resume {where}` reruns only what is missing", soft_wrap=True)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -138,12 +143,13 @@ def cmd_run(args) -> int:
 
     cfg = _load_checked(args.config, args.overrides)
     out = str(args.out or Path("runs") / cfg.study.name)
-    run_dir = local_run_dir(out)  # a URI: a local working copy, mirrored to the URI as it is written
+    run_dir = local_run_dir(out, new=True)  # a URI: a local working copy, mirrored to the URI as it is written
     run = RunDir(run_dir)
     if run.exists():
         raise ConfigError(
             f"--out {out} already holds a study; `collapse resume {out}` continues it, or pass another --out"
         )
+    check_locking(next(p for p in [run_dir, *run_dir.parents] if p.is_dir()))
     if is_remote(out):
         console.print(f"run directory {out} (working copy {run_dir})")
     run.create(cfg)
@@ -165,6 +171,7 @@ def cmd_resume(args) -> int:
     run = RunDir(run_dir)
     check_environment(run.load_config())  # ConfigError if this is not a run dir or cannot run here
     run.manifest()
+    check_locking(run_dir)
     return _execute(run_dir, args)
 
 
@@ -173,7 +180,7 @@ def cmd_report(args) -> int:
     from ..core.storage import local_run_dir
     from .report import print_table, write_report
 
-    run_dir = local_run_dir(args.dir)
+    run_dir = local_run_dir(args.dir, metadata_only=True)  # a URI: its metrics and markers, fresh; no weights
     RunDir(run_dir).load_config()
     rows = write_report(run_dir)
     print_table(rows)
@@ -186,7 +193,8 @@ def cmd_status(args) -> int:
     from .status import show
 
     try:
-        show(local_run_dir(args.dir), args.watch)
+        refresh = lambda: local_run_dir(args.dir, metadata_only=True)  # noqa: E731 - re-pulled every tick
+        show(refresh(), args.watch, refresh=refresh)
     except KeyboardInterrupt:
         pass
     return EXIT_OK

@@ -12,8 +12,12 @@ from rich.table import Table
 
 from ..core import metrics as M
 from ..core.checkpoint import write_bytes_atomic, write_text_atomic
+from ..core.metrics import sample_metrics
 from ..core.rundir import PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
+from ..core.stats import first_detection
+from ..engines.evaluation import reference_rows
 from ..engines.families import plotted_metrics as panels
+from ..engines.tokenizer import load_tokenizer
 
 TABLE_KEYS = (
     M.PPL_REAL,
@@ -74,9 +78,6 @@ def real_reference(root: Path) -> dict[str, float]:
     where a collapse-free model's samples would sit in the diversity panels."""
     import numpy as np
 
-    from ..core.metrics import sample_metrics
-    from ..engines.evaluation import reference_rows
-
     eval_pool = RunDir(root).data_dir / "eval.npy"
     if not eval_pool.is_file() or RunDir(root).load_config().model.family != "lm":
         return {}
@@ -89,8 +90,6 @@ def _eos_id(root: Path) -> int | None:
     tok_dir = RunDir(root).tokenizer_dir
     if not (tok_dir / "tokenizer.json").is_file():
         return None
-    from ..engines.tokenizer import load_tokenizer
-
     return load_tokenizer(tok_dir).eos_token_id
 
 
@@ -166,8 +165,6 @@ DETECTION_KEYS = M.WITH_CI
 def early_warning(rows: list[dict]) -> tuple[list[tuple[str, float]], dict[str, dict[tuple[str, float], str]]]:
     """metric -> (regime, c) -> "median first-detection generation (detected/lineages)" over the
     seeds and other axes of each contaminated cell (c > 0)."""
-    from ..core.stats import first_detection
-
     cells = sorted({(r[M.REGIME], r[M.CONTAMINATION]) for r in rows if r[M.CONTAMINATION] > 0})
     lineage_cell = {r[M.LINEAGE]: (r[M.REGIME], r[M.CONTAMINATION]) for r in rows}
     table: dict[str, dict] = {}

@@ -48,7 +48,9 @@ def render(snap: Snapshot, study: str) -> Group:
     return Group(table, Text(summary + f"   (done cells show {shown})"))
 
 
-def show(root: str | Path, watch: float | None = None, console: Console | None = None) -> Snapshot:
+def show(root: str | Path, watch: float | None = None, console: Console | None = None, refresh=None) -> Snapshot:
+    """Print the grid once, or redraw it every `watch` seconds until the study ends (`refresh()`
+    brings a remote run dir's local copy up to date before each redraw)."""
     console = console or Console()
     study = RunDir(root).load_config().study.name
     snap = snapshot(root)
@@ -58,6 +60,8 @@ def show(root: str | Path, watch: float | None = None, console: Console | None =
     with Live(render(snap, study), console=console, refresh_per_second=2) as live:
         while snap.count(DONE_S) + snap.count(FAILED_S) < len(snap.states):
             time.sleep(watch)
+            if refresh is not None:
+                refresh()
             snap = snapshot(root)
             live.update(render(snap, study))
     return snap
