@@ -1,18 +1,49 @@
 #!/usr/bin/env bash
-# Install collapse and everything it needs into the current Python (3.10+) environment.
+# Install collapse and everything it needs into a Python (3.10+) virtual environment.
+#
+# Where: the virtual environment (or conda env) that is active when you run this; otherwise
+# `.venv/` in the repository root, created here (stock Debian/Ubuntu Pythons refuse `pip install`
+# outside one: PEP 668). Either way `.venv/bin/collapse` and `.venv/bin/python` work afterwards
+# (`.venv` links to the active environment), and `source .venv/bin/activate` puts them on PATH.
 #
 # torch goes first and pinned: `torch==2.13.0` resolves to the local CPU wheel on these machines in
 # seconds, while an unpinned torch (asked for by any other package) pulls a multi-GB CUDA build.
 # On a GPU cluster set TORCH_SPEC, e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA index>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+say() { echo "[install] $*"; }
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-echo "[install] $TORCH_SPEC"
+ACTIVE=${VIRTUAL_ENV:-${CONDA_PREFIX:-}}
+
+if [ -n "$ACTIVE" ]; then
+  [ -e .venv ] || ln -s "$ACTIVE" .venv
+  say "using the active environment $ACTIVE"
+elif [ ! -x .venv/bin/python ]; then
+  BASE=${PYTHON:-python3}
+  $BASE -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { say "needs Python >= 3.10 ($BASE is $($BASE -V 2>&1))"; exit 1; }
+  if ! $BASE -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    # Debian/Ubuntu ship venv separately (python3-venv); install it when we can.
+    ver=$($BASE -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      say "installing python$ver-venv"
+      (apt-get update -qq && apt-get install -y -qq "python$ver-venv" || apt-get install -y -qq python3-venv) >/dev/null
+      $BASE -m venv .venv
+    else
+      say "$BASE cannot create a virtual environment: install python$ver-venv (sudo apt install python$ver-venv) and rerun"
+      exit 1
+    fi
+  fi
+  say "created .venv with $($BASE -V 2>&1)"
+fi
+PY=.venv/bin/python
+$PY -m pip install -q --upgrade pip setuptools wheel  # setuptools: DeepSpeed builds without isolation
+say "$TORCH_SPEC"
 $PY -m pip install -q $TORCH_SPEC
 # DeepSpeed compiles its ops lazily at first use (DS_BUILD_OPS=0) against the torch just installed.
-echo "[install] deepspeed"
+say "deepspeed"
 DS_BUILD_OPS=0 $PY -m pip install -q --no-build-isolation "deepspeed>=0.15,<0.20"
-echo "[install] collapse (editable) with test extras"
+say "collapse (editable) with test extras"
 $PY -m pip install -q -e ".[dev]"
-echo "[install] done: $($PY -c 'import collapse, torch, ray, transformers; print("collapse", collapse.__version__, "torch", torch.__version__, "ray", ray.__version__, "transformers", transformers.__version__)')"
+say "done: $($PY -c 'import collapse, torch, ray, transformers; print("collapse", collapse.__version__, "torch", torch.__version__, "ray", ray.__version__, "transformers", transformers.__version__)')"
+say "run: .venv/bin/collapse ...  (or: source .venv/bin/activate)"

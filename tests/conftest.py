@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ os.environ.update(
     HF_HUB_DISABLE_PROGRESS_BARS="1",
     HF_DATASETS_DISABLE_PROGRESS_BARS="1",
 )
+
+# The commands of the environment running the tests (collapse, ray, sbatch's collapse, moto_server,
+# lint-imports, ruff) come first on PATH, also when pytest runs as .venv/bin/python without activation.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -72,7 +77,10 @@ def ray_session():
     """One real local Ray instance for every test that needs one."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+    # address="local": a fresh instance, never a cluster some earlier `ray start` left behind
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False
+    )
     yield ray
     ray.shutdown()
 

@@ -3,6 +3,7 @@ that runs with token auth; a run directory on a filesystem without flock is refu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -32,6 +34,7 @@ def test_driver_joins_a_token_auth_head_by_explicit_address(small_corpus, tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "WANDB_SERVICE"))}
     subprocess.run([ray_exe, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     # The head as `ray start --head` brings it up when a token exists: with token auth.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen(
         [
             ray_exe,
@@ -41,7 +44,7 @@ def test_driver_joins_a_token_auth_head_by_explicit_address(small_corpus, tmp_pa
             f"--port={port}",
             "--num-cpus=2",
             "--include-dashboard=false",
-            f"--temp-dir={tmp_path / 'ray'}",
+            f"--temp-dir={temp_dir}",
         ],
         env={**env, "RAY_AUTH_MODE": "token"},
         start_new_session=True,
@@ -83,11 +86,13 @@ def test_driver_joins_a_token_auth_head_by_explicit_address(small_corpus, tmp_pa
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / "run" / "metrics.jsonl").is_file()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_filesystem_without_flock_is_refused_with_one_line(tmp_path, capsys, monkeypatch):

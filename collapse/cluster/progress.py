@@ -10,6 +10,9 @@ The study-level W&B run is written here too, once the study's rows are in.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
 import time
 
 from rich.console import Console
@@ -18,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..core.config import Config
 from ..core.plan import LineageSpec, spec_for_point
 from ..core.rundir import DONE_S, FAILED_S, RUNNING, RunDir, Snapshot
-from ..core.tracking import log_study_summary
+from ..core.tracking import log_study_summary, wandb_group
 from ..engines.families import plotted_metrics
 from .search import ThresholdSearch
 
@@ -27,17 +30,25 @@ METRICS_EVERY_S = 5.0
 console = Console(stderr=True)
 
 
+def _plain(status: str) -> str:
+    return re.sub(r"\[/?[a-z ]+\]", "", status).removeprefix("done  ")  # rich markup off
+
+
 def format_row(row: dict) -> str:
     keys = [k for k, _, _ in plotted_metrics([row])][:2]
     return "  ".join(f"{k} {row.get(k, float('nan')):.4g}" for k in keys)
 
 
 class ProgressView:
-    """One bar per lineage (generations done / total) with a status column; `enabled=False` for a
-    scheduler that has no terminal."""
+    """With a terminal: one bar per lineage (generations done / total) and a status column. Without
+    one (a Slurm .out, nohup, CI): one plain line per finished generation or failure, and a
+    heartbeat every COLLAPSE_HEARTBEAT_S seconds (60), never wrapped, so the log can be grepped and
+    tailed. `enabled=False`: silent (a scheduler actor has no terminal)."""
 
     def __init__(self, generations: int, enabled: bool = True):
         self.total = generations + 1
+        self.enabled = enabled
+        self.plain = enabled and not console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description:<34}"),
             BarColumn(),
@@ -46,9 +57,13 @@ class ProgressView:
             TimeElapsedColumn(),
             console=console,
             transient=False,
-            disable=not enabled,
+            disable=not enabled or self.plain,
         )
         self.tasks: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.status: dict[str, str] = {}
+        self.heartbeat_s = float(os.environ.get("COLLAPSE_HEARTBEAT_S", "60"))
+        self._last_beat = time.monotonic()
 
     def __enter__(self) -> ProgressView:
         self.progress.__enter__()
@@ -58,12 +73,35 @@ class ProgressView:
         self.progress.__exit__(*exc)
 
     def update(self, name: str, status: str, done: int | None = None) -> None:
-        if name not in self.tasks:
+        first = name not in self.tasks
+        if first:
             self.tasks[name] = self.progress.add_task(name, total=self.total, completed=done or 0, status=status)
         elif done is None:
             self.progress.update(self.tasks[name], status=status)
         else:
             self.progress.update(self.tasks[name], completed=done, status=status)
+        if self.plain and not first:
+            if done is not None and done > self.done.get(name, 0):
+                self._line(f"{name} generation {done - 1} done  {_plain(status)}")
+            elif "failed" in status and "failed" not in self.status.get(name, ""):
+                self._line(f"{name} failed")
+        if done is not None:
+            self.done[name] = done
+        self.status[name] = status
+        self.beat()
+
+    def beat(self) -> None:
+        """The heartbeat line, at most every `heartbeat_s` seconds (plain mode)."""
+        if not self.plain or time.monotonic() - self._last_beat < self.heartbeat_s:
+            return
+        self._last_beat = time.monotonic()
+        total = len(self.tasks) * self.total
+        running = sum("running" in s for s in self.status.values())
+        failed = sum("failed" in s for s in self.status.values())
+        self._line(f"{sum(self.done.values())}/{total} generations done, {running} running, {failed} failed lineages")
+
+    def _line(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
     def show(self, snap: Snapshot) -> None:
         """Redraw from a run-dir snapshot (the driver of a detached scheduler)."""
@@ -167,10 +205,11 @@ def log_study_run(run: RunDir, cfg: Config, rows: list[dict], uid: str) -> None:
             t.wandb,
             t.project,
             t.entity,
-            cfg.study.name,
+            wandb_group(cfg.study.name, uid),
             uid,
             {"study": cfg.study.name, "config": cfg.to_dict()},
             str(run.root),
+            run_id=run.manifest().get("wandb_sweep_run"),
         )
     except Exception as exc:  # noqa: BLE001 - results are on disk; tracking is a view of them
         log.warning("study-level W&B run not written: %s", exc)

@@ -10,10 +10,11 @@ import logging
 import os
 from pathlib import Path
 
-from ..core.checkpoint import is_done, mark_done
+from ..core import metrics as M
+from ..core.checkpoint import is_done, mark_done, read_json
 from ..core.plan import LineageSpec
-from ..core.rundir import DONE, LOGGED, LOGS_DIR
-from ..core.tracking import NullTracker, Tracker, build_tracker, wandb_run_id
+from ..core.rundir import CORPUS_DIR, DONE, LOGGED, LOGS_DIR, MODEL_DIR, TRAIN_META
+from ..core.tracking import NullTracker, Tracker, build_tracker, wandb_group, wandb_run_id
 from ..pipeline.context import StudyContext
 from ..pipeline.unit import Unit, link_gen0, run_unit
 
@@ -63,7 +64,9 @@ class LineageWorker:
                     t.wandb,
                     project=t.project,
                     entity=t.entity,
-                    group=self.ctx.cfg.study.name,
+                    group=wandb_group(self.ctx.cfg.study.name, self.study_uid),
+                    job_type="lineage",
+                    tags=[f"{k}:{v}" for k, v in spec.identity().items() if k != "lineage"],
                     name=spec.name,
                     run_id=wandb_run_id(self.study_uid, spec.name),
                     config={**spec.identity(), "study": self.ctx.cfg.study.name, "config": spec.config.to_dict()},
@@ -75,7 +78,13 @@ class LineageWorker:
         """Generation k of `lineage` (opened first if this slot hosted another one)."""
         if self.spec is None or self.spec.name != lineage:
             self.open(lineage)
-        row = link_gen0(self.ctx, self.spec) if k == 0 else run_unit(self.ctx, Unit.for_lineage(self.spec, k))
+        if k > 0:  # live per-step training loss, on a step axis cumulative over the lineage's generations
+            offset = sum(self.ctx.run.unit_row(lineage, j).get(M.TRAIN_STEPS, 0) for j in range(k))
+            self.ctx.on_train_step = lambda step, loss: self.tracker.log_train_step(offset + step + 1, loss)
+        try:
+            row = link_gen0(self.ctx, self.spec) if k == 0 else run_unit(self.ctx, Unit.for_lineage(self.spec, k))
+        finally:
+            self.ctx.on_train_step = None
         self._log_pending(k)
         return row
 
@@ -90,7 +99,23 @@ class LineageWorker:
             d = self.ctx.run.unit_dir(self.spec.name, k)
             if is_done(d, DONE) and not is_done(d, LOGGED):
                 self.tracker.log(self.ctx.run.unit_row(self.spec.name, k), step=k)
+                self.tracker.log_generation(k, *self._artifacts(k))
                 mark_done(d, LOGGED)
+
+    def _artifacts(self, k: int) -> tuple[dict[str, str], list[tuple[str, int]]]:
+        """Generation k's model and corpus (paths), and what it was made from: the corpora its
+        training set drew on and, for `init: previous`, the model of generation k - 1."""
+        spec, run = self.spec, self.ctx.run
+        where = run.artifacts_dir(spec.name, spec.gen0_key, k)
+        outputs = {
+            kind: str(where / d) for kind, d in (("model", MODEL_DIR), ("corpus", CORPUS_DIR)) if (where / d).is_dir()
+        }
+        meta = read_json(where / TRAIN_META) if (where / TRAIN_META).is_file() else {}
+        sources = meta.get("training_set", {}).get("rows_by_source", {})
+        inputs = [("corpus", int(s.rsplit("_", 1)[1])) for s in sources if s.startswith("synthetic/gen_")]
+        if k > 0 and spec.config.model.init == "previous":
+            inputs.append(("model", k - 1))
+        return outputs, inputs
 
     def shutdown(self) -> None:
         """End of the study for this slot: close the lineage and stop its training workers."""

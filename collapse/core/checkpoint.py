@@ -179,6 +179,16 @@ def is_locked(lock: str | Path) -> bool:
         return False
 
 
+def link_atomic(path: str | Path, target: str | Path) -> None:
+    """A symlink at `path` to `target` (relative targets keep a moved run dir intact), replaced
+    atomically. Symlinks are not mirrored to remote storage; shared_from.json says the same there."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def check_locking(directory: str | Path) -> None:
     """Fail with one line when `directory`'s filesystem cannot flock (default Lustre mounts, some
     NFS setups): unit locks are what keep a resumed run from racing a killed run's stragglers, so

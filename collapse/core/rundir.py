@@ -17,6 +17,7 @@ A unit is done iff its DONE marker exists, and everything it vouches for was wri
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import uuid
@@ -131,11 +132,18 @@ class RunDir:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": platform.python_version(),
             "versions": _versions(),
+            "git_commit": _git_commit(),
             "identity": IDENTITY_VERSION,  # how generation-0 units are keyed (plan.gen0_key)
+            # under a W&B sweep agent: the agent's run, which the study-level W&B run becomes
+            "wandb_sweep_run": os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None,
         }
         write_text_atomic(self.root / STUDY_FILE, dump_config(cfg))
         write_json_atomic(self.root / MANIFEST_FILE, manifest)  # written last: the study exists
         return manifest
+
+    def save_config(self, cfg: Config) -> None:
+        """Replace study.yaml (extending a study: `collapse resume --generations`)."""
+        write_text_atomic(self.root / STUDY_FILE, dump_config(cfg))
 
     def load_config(self) -> Config:
         if not self.exists():
@@ -258,6 +266,20 @@ def read_metrics(root: str | Path) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"{root}: no {METRICS_FILE}; run `collapse run` or `collapse resume {root}` first")
     return _read_jsonl(path)
+
+
+def _git_commit() -> str | None:
+    """The commit of the collapse checkout that created the study (None outside a git checkout)."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+
+    try:
+        out, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
 
 
 def _versions() -> dict:

@@ -258,7 +258,7 @@ def local_run_dir(arg: str, pull: bool = True, new: bool = False, metadata_only:
     cache that mirrors it, brought up to date from the remote (`metadata_only`: without weights
     and corpora). `new`: the URI is where a study will be created (only its bucket must exist)."""
     if not is_remote(arg):
-        return Path(arg)
+        return Path(arg).absolute()  # actors on other nodes (or started elsewhere) have another cwd
     check_remote(arg, study_must_exist=not new)
     local = cache_dir_for(arg)
     mirror = attach(local, arg)

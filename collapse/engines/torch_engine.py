@@ -10,6 +10,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def run_steps(
     train_step,
     save,
     strata: np.ndarray | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> None:
     """The loop both engines share: set the step's learning rate, train on the global batch at
     `step` (a pure function of the seed and the step), keep its loss, checkpoint on schedule.
@@ -120,6 +122,8 @@ def run_steps(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, cfg)
         losses.append(train_step(batch_indices(step, n_rows, cfg.batch_size, seed_parts, strata)))
+        if on_step is not None:
+            on_step(step, losses[-1])
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
             save(step + 1, losses)
 
@@ -157,7 +161,9 @@ class TorchEngine:
         seed_parts: tuple,
         ckpt_root: Path,
         strata: np.ndarray | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> TrainResult:
+        """`on_step(step, loss)` after every optimizer step (live logging; never changes training)."""
         cfg, t0 = self.cfg, time.perf_counter()
         n_rows = len(rows)
         steps = total_steps(n_rows, cfg)
@@ -185,7 +191,7 @@ class TorchEngine:
             return step_loss
 
         save = lambda step, losses: self._save(model, optimizer, step, losses, ckpt_root)  # noqa: E731
-        run_steps(cfg, optimizer, n_rows, start, steps, losses, seed_parts, train_step, save, strata)
+        run_steps(cfg, optimizer, n_rows, start, steps, losses, seed_parts, train_step, save, strata, on_step)
         accelerator.unwrap_model(model).eval()
         return TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
 

@@ -1,7 +1,11 @@
-"""`collapse run|sweep|resume|report|status|validate|plan`.
+"""`collapse run|sweep|resume|report|status|validate|plan|schema`.
 
 Exit codes: 0 success; 1 some lineage failed (the rest of the study is kept); 2 bad config,
 override or path (one message naming the key/file and the fix, no traceback); 130 interrupted.
+
+Config overrides take three forms, all through the same validation: `--set key=value` (this
+project's), `key=value` (Hydra's habit) and `--key=value` (what a W&B sweep agent passes).
+Imports are lazy: `collapse --help` must not wait for torch.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ import os
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from .. import __version__
+from ..core.config import ConfigError
 
-from ..core.checkpoint import check_locking
-from ..core.config import ConfigError, load_config
-
-console = Console(stderr=True)
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+SET_HELP = "override a config key, value parsed as YAML (also accepted: key=value and --key=value)"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width (logs are grepped)
 
 
 def _offline_defaults() -> None:
@@ -28,14 +36,19 @@ def _offline_defaults() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
-        os.environ["DS_ACCELERATOR"] = "cpu"  # say it, instead of DeepSpeed warning that it guessed
 
 
-def _has_cuda() -> bool:
-    import torch
+def _execution_defaults() -> None:
+    """For the commands that train: say which accelerator DeepSpeed gets (it warns when it guesses)."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
 
-    return torch.cuda.is_available()
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
 
 
 def _add_exec_args(p: argparse.ArgumentParser) -> None:
@@ -47,29 +60,16 @@ def _add_exec_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="collapse", description="Recursive-training studies of model collapse.")
+    parser.add_argument("--version", action="version", version=f"collapse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a study from a YAML config")
     p.add_argument("config")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (value parsed as YAML)",
-    )
-    p.add_argument("--out", default=None, help="run directory (default runs/<study.name>)")
+    _add_overrides(p)
+    p.add_argument("--out", default=None, help="run directory or URI (default runs/<study.name>)")
     _add_exec_args(p)
     p = sub.add_parser("sweep", help="run a study on a Ray cluster (`run` that joins --address, default auto)")
     p.add_argument("config")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (value parsed as YAML)",
-    )
+    _add_overrides(p)
     p.add_argument("--out", default=None, help="run directory on storage every node sees (default runs/<study.name>)")
     p.add_argument(
         "--address",
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard", action="store_true", help=argparse.SUPPRESS)
     p = sub.add_parser("resume", help="continue an interrupted study from its run directory")
     p.add_argument("dir")
+    p.add_argument(
+        "--generations",
+        type=int,
+        default=None,
+        metavar="G",
+        help="extend the study to generations 0..G (samples the old last generation's corpus first)",
+    )
     _add_exec_args(p)
     p = sub.add_parser("report", help="print the table and rewrite the plot and report.md")
     p.add_argument("dir")
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("plan", help="estimate a study's device-hours and wall time on N GPUs, without running it")
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_overrides(p)
     p.add_argument("--gpus", type=int, default=8, help="GPUs available (default 8)")
     p.add_argument(
         "--peak-tflops", type=float, default=None, help="peak TFLOP/s per GPU (default: H100 bf16 dense, 989)"
@@ -97,12 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=None, help="sustained training model-FLOPs utilisation (default 0.35)")
     p = sub.add_parser("validate", help="check a config without running it")
     p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_overrides(p)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML")
+    sub.add_parser("schema", help="print the config's JSON Schema (for editors: yaml-language-server)")
     return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """argparse, plus the override forms it does not know: `key=value` and `--key=value`."""
+    args, extra = build_parser().parse_known_args(argv)
+    overrides = []
+    for token in extra:
+        text = token[2:] if token.startswith("--") else token
+        if "=" not in text or text.startswith("-") or not hasattr(args, "overrides"):
+            raise ConfigError(
+                f"unrecognized argument {token!r}; overrides are --set key=value, key=value or --key=value"
+            )
+        overrides.append(text)
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
+    return args
 
 
 def _load_checked(path: str, overrides: list[str]):
     """The config, schema-checked, then checked against this machine (paths, installed extras)."""
+    from ..core.config import load_config
     from ..engines.environment import check_environment
 
     cfg = load_config(path, overrides)
@@ -111,6 +137,7 @@ def _load_checked(path: str, overrides: list[str]):
 
 
 def _execute(run_dir: Path, args) -> int:
+    _execution_defaults()
     from ..cluster.study import run_study
     from ..core.rundir import RunDir
     from ..core.storage import remote_uri
@@ -122,7 +149,7 @@ def _execute(run_dir: Path, args) -> int:
     write_report(run_dir, result.failed)
     print_table(result.rows)
     where = remote_uri(run_dir) or str(run_dir)  # what the user typed, not the local cache
-    console.print(
+    _console().print(
         f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {where}/metrics.jsonl, plot "
         f"{where}/collapse_curves.png",
         soft_wrap=True,
@@ -131,18 +158,25 @@ def _execute(run_dir: Path, args) -> int:
         for name, error in result.failed.items():
             last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
             details = f"{where}/lineages/{name}/FAILED.json"
-            console.print(f"[red]lineage {name} failed[/red]: {last} (details: {details})", soft_wrap=True)
-        console.print(f"fix the cause, then `collapse resume {where}` reruns only what is missing", soft_wrap=True)
+            _console().print(f"[red]lineage {name} failed[/red]: {last} (details: {details})", soft_wrap=True)
+        _console().print(f"fix the cause, then `collapse resume {where}` reruns only what is missing", soft_wrap=True)
         return EXIT_FAILED
     return EXIT_OK
 
 
+def _default_out(study_name: str) -> str:
+    """runs/<study.name>; under a W&B sweep agent, one directory per agent run."""
+    run_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    return str(Path("runs") / (f"{study_name}-{run_id}" if run_id else study_name))
+
+
 def cmd_run(args) -> int:
+    from ..core.checkpoint import check_locking
     from ..core.rundir import RunDir
     from ..core.storage import is_remote, local_run_dir
 
     cfg = _load_checked(args.config, args.overrides)
-    out = str(args.out or Path("runs") / cfg.study.name)
+    out = str(args.out or _default_out(cfg.study.name))
     run_dir = local_run_dir(out, new=True)  # a URI: a local working copy, mirrored to the URI as it is written
     run = RunDir(run_dir)
     if run.exists():
@@ -151,7 +185,7 @@ def cmd_run(args) -> int:
         )
     check_locking(next(p for p in [run_dir, *run_dir.parents] if p.is_dir()))
     if is_remote(out):
-        console.print(f"run directory {out} (working copy {run_dir})")
+        _console().print(f"run directory {out} (working copy {run_dir})")
     run.create(cfg)
     return _execute(run_dir, args)
 
@@ -163,15 +197,28 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from ..core.checkpoint import check_locking
     from ..core.rundir import RunDir
     from ..core.storage import local_run_dir
     from ..engines.environment import check_environment
 
     run_dir = local_run_dir(args.dir)  # a URI: download what the local working copy lacks
     run = RunDir(run_dir)
-    check_environment(run.load_config())  # ConfigError if this is not a run dir or cannot run here
+    cfg = run.load_config()  # ConfigError if this is not a run dir
+    check_environment(cfg)  # ... or if it cannot run here
     run.manifest()
     check_locking(run_dir)
+    if args.generations is not None and args.generations != cfg.study.generations:
+        if args.generations < cfg.study.generations:
+            raise ConfigError(
+                f"--generations {args.generations}: the study already runs generations 0..{cfg.study.generations}; "
+                "a study can be extended, not shortened"
+            )
+        run.save_config(cfg.replace({"study.generations": args.generations}))
+        _console().print(
+            f"extending {args.dir} to generations 0..{args.generations}: the old last generation samples "
+            "its corpus first, then the new generations run"
+        )
     return _execute(run_dir, args)
 
 
@@ -184,7 +231,7 @@ def cmd_report(args) -> int:
     RunDir(run_dir).load_config()
     rows = write_report(run_dir)
     print_table(rows)
-    console.print(f"wrote {run_dir / PLOT_FILE} and {run_dir / REPORT_FILE}")
+    _console().print(f"wrote {run_dir / PLOT_FILE} and {run_dir / REPORT_FILE}")
     return EXIT_OK
 
 
@@ -216,14 +263,27 @@ def cmd_plan(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from ..core.config import dump_config
     from ..core.plan import expand, gen0_groups
 
     cfg = _load_checked(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")  # stdout, pipeable: collapse validate X --print-config > resolved.yaml
+        return EXIT_OK
     specs = expand(cfg)
-    Console().print(
-        f"[green]ok[/green] {args.config}: {len(specs)} lineages x {cfg.study.generations + 1} generations, "
+    print(
+        f"ok {args.config}: {len(specs)} lineages x {cfg.study.generations + 1} generations, "
         f"{len(gen0_groups(specs))} shared generation-0 unit(s)"
     )
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from ..core.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
 
@@ -235,13 +295,14 @@ COMMANDS = {
     "validate": cmd_validate,
     "plan": cmd_plan,
     "sweep": cmd_sweep,
+    "schema": cmd_schema,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(argv)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

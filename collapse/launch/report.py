@@ -12,9 +12,11 @@ from rich.table import Table
 
 from ..core import metrics as M
 from ..core.checkpoint import write_bytes_atomic, write_text_atomic
+from ..core.config import dump_config
 from ..core.metrics import sample_metrics
 from ..core.rundir import PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
 from ..core.stats import first_detection
+from ..core.tracking import wandb_group
 from ..engines.evaluation import reference_rows
 from ..engines.families import plotted_metrics as panels
 from ..engines.tokenizer import load_tokenizer
@@ -93,53 +95,102 @@ def _eos_id(root: Path) -> int | None:
     return load_tokenizer(tok_dir).eos_token_id
 
 
-def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None) -> None:
-    import io
+# A real-text reference line is drawn where it says something: for metrics that compare the samples
+# with real text, real text compared with itself is 1 or 0 by construction.
+SELF_REFERENTIAL = {M.VOCAB_COVERAGE, M.UNIGRAM_JS, M.UNIGRAM_KL, M.MAUVE, M.KNN_PRECISION, M.KNN_RECALL}
+FIGURE_FORMATS = ("png", "pdf", "svg")
 
+
+def _band(rows_at_g: list[dict], key: str) -> tuple[float, float] | None:
+    """A 95% interval at one generation: across seeds (t interval of the mean) when there are
+    several, else the generation's own interval (`<key>_lo`, `<key>_hi`) when it was computed."""
+    values = [r[key] for r in rows_at_g if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+    if len(values) > 1:
+        from scipy import stats
+
+        mean, sem = sum(values) / len(values), float(stats.sem(values))
+        half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+        return mean - half, mean + half
+    if len(rows_at_g) == 1 and f"{key}_lo" in rows_at_g[0] and f"{key}_hi" in rows_at_g[0]:
+        return rows_at_g[0][f"{key}_lo"], rows_at_g[0][f"{key}_hi"]
+    return None
+
+
+def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None):
+    """The collapse curves: one row of panels per metric, one column per regime, one line per
+    contamination (mean over seeds and other axes) with its 95% band, one legend for all."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     regimes = sorted({r[M.REGIME] for r in rows})
     cs = sorted({r[M.CONTAMINATION] for r in rows})
+    seeds = len({r.get(M.SEED) for r in rows})
     plotted = panels(rows)
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(
-        len(plotted), len(regimes), figsize=(4.2 * len(regimes), 2.6 * len(plotted)), squeeze=False, sharex=True
+        len(plotted),
+        len(regimes),
+        figsize=(4.2 * len(regimes) + 0.6, 2.4 * len(plotted) + 1.0),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
     )
+    by_cell: dict = defaultdict(lambda: defaultdict(list))  # (regime, c) -> generation -> rows
+    for r in rows:
+        by_cell[(r[M.REGIME], r[M.CONTAMINATION])][r[M.GENERATION]].append(r)
+    handles = {}
     for j, regime in enumerate(regimes):
         for i, (key, label, _) in enumerate(plotted):
             ax = axes[i][j]
-            data = curves(rows, key)
             for c in cs:
-                series = data.get((regime, c))
+                series = by_cell.get((regime, c))
                 if not series:
                     continue
                 gens = sorted(series)
-                mean = [sum(series[g]) / len(series[g]) for g in gens]
+                vals = [[r[key] for r in series[g] if isinstance(r.get(key), (int, float))] for g in gens]
+                mean = [sum(v) / len(v) if v else float("nan") for v in vals]
                 color = cmap(0.9 * c)
-                ax.plot(gens, mean, marker="o", ms=3, color=color, label=f"c={c:g}")
-                if any(len(series[g]) > 1 for g in gens):  # band over seeds / other axes
-                    ax.fill_between(
-                        gens, [min(series[g]) for g in gens], [max(series[g]) for g in gens], color=color, alpha=0.15
-                    )
-            if reference and key in reference:
-                ax.axhline(reference[key], color="grey", linestyle="--", linewidth=1, label="real text")
+                (line,) = ax.plot(gens, mean, marker="o", ms=3, color=color, label=f"c = {c:g}")
+                handles.setdefault(f"c = {c:g}", line)
+                bands = [_band(series[g], key) for g in gens]
+                if all(b is not None for b in bands):
+                    ax.fill_between(gens, [b[0] for b in bands], [b[1] for b in bands], color=color, alpha=0.15, lw=0)
+            if reference and key in reference and key not in SELF_REFERENTIAL:
+                handles.setdefault("real text", ax.axhline(reference[key], color="grey", ls="--", lw=1))
             if i == 0:
-                ax.set_title(f"regime: {regime}")
+                ax.set_title(f"regime: {regime}", fontsize=10)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
             if i == len(plotted) - 1:
                 ax.set_xlabel("generation")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, title="contamination", title_fontsize=7)
-    fig.suptitle("Model collapse across generations (lines: mean over seeds; bands: min-max; dashed: real text)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    interval = "95% CI across seeds" if seeds > 1 else "95% CI of each generation"
+    fig.suptitle(f"Model collapse across generations (lines: mean; bands: {interval})", fontsize=11)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 6), fontsize=8)
+    return fig
+
+
+def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None) -> list[Path]:
+    """The collapse curves as PNG (300 dpi), PDF and SVG next to each other; returns the paths."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = collapse_figure(rows, reference)
+    written = []
+    for fmt in FIGURE_FORMATS:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=300 if fmt == "png" else None)
+        target = path.with_suffix(f".{fmt}")
+        write_bytes_atomic(target, buf.getvalue())
+        written.append(target)
     plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    return written
 
 
 def effect_table(rows: list[dict]) -> list[dict]:
@@ -290,16 +341,42 @@ def search_section(events: list[dict]) -> list[str]:
     return lines + ["", f"![contamination search]({SEARCH_PLOT_FILE})"]
 
 
+def provenance(root: Path) -> list[str]:
+    """What produced these numbers: the config, the code's commit, package versions, the W&B group."""
+    run = RunDir(root)
+    manifest = run.manifest()
+    cfg = run.load_config()
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
+    lines = [
+        f"Created {manifest.get('created', '?')} with collapse at commit `{manifest.get('git_commit') or 'unknown'}`; "
+        f"Python {manifest.get('python', '?')}; {versions}.",
+        f"W&B group `{wandb_group(cfg.study.name, manifest['uid'])}` (project `{cfg.tracking.project}`, "
+        f"mode {cfg.tracking.wandb}). Config (`study.yaml`):",
+        "",
+        "<details><summary>resolved config</summary>",
+        "",
+        "```yaml",
+        dump_config(cfg).rstrip(),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+    return lines
+
+
 def markdown(
     rows: list[dict],
     study_name: str,
     failed: dict[str, str],
     reference: dict[str, float] | None = None,
     extra_sections: list[str] | None = None,
+    header: list[str] | None = None,
 ) -> str:
     lines = [
         f"# Study `{study_name}`",
         "",
+        *(header or []),
         f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.",
         "",
     ]
@@ -311,8 +388,10 @@ def markdown(
         cells = []
         for key, _, _ in plotted:
             a, b = e[key]
-            rel = (b - a) / abs(a) * 100 if a else float("nan")
-            cells.append(f"{a:.3g} → {b:.3g} ({rel:+.1f}%)")
+            change = (
+                f"{(b - a) / abs(a) * 100:+.1f}%" if a and math.isfinite(a) and math.isfinite(b) else f"{b - a:+.3g}"
+            )
+            cells.append(f"{a:.3g} → {b:.3g} ({change})")
         lines.append(
             f"| {e['regime']} | {e['contamination']:g} | {e['first']}→{e['last']} | " + " | ".join(cells) + " |"
         )
@@ -371,5 +450,6 @@ def write_report(root: str | Path, failed: dict[str, str] | None = None) -> list
     search = run.search_events()
     if search:
         plot_search(search, root / SEARCH_PLOT_FILE)
-    write_text_atomic(root / REPORT_FILE, markdown(rows, name, failed or {}, reference, search_section(search)))
+    text = markdown(rows, name, failed or {}, reference, search_section(search), provenance(root))
+    write_text_atomic(root / REPORT_FILE, text)
     return rows

@@ -3,6 +3,7 @@ while the worker hosts the study's lineages."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class StudyContext:
         self._gen0: tuple[Path, torch.nn.Module] | None = None  # (model dir, model) of the current lineage
         self._vllm: VLLMSampler | None = None
         self._workers: WorkerGroup | None = None
+        self.on_train_step: Callable[[int, float], None] | None = None  # (step, loss), set by the host (W&B)
 
     @cached_property
     def tokenizer(self):

@@ -31,8 +31,9 @@ def prepare(run: RunDir, cfg: Config) -> None:
         tokenizer = load_tokenizer(cfg.model.base_path)
     else:
         tokenizer = train_bpe([d.text for d in splits["train"]], cfg.data.vocab_size)
-    write_dir_atomic(run.tokenizer_dir, lambda d: tokenizer.save_pretrained(str(d)))
     prepare_real_data(run.data_dir, tokenizer, splits, cfg.data.seq_len)
+    tokenizer.model_max_length = cfg.data.seq_len  # what every model of the study was trained on
+    write_dir_atomic(run.tokenizer_dir, lambda d: tokenizer.save_pretrained(str(d)))
     real = RealData.load(run.data_dir)
     if len(real.eval) == 0:
         raise ConfigError(

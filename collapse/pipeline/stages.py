@@ -71,6 +71,16 @@ def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
     return commit(out, row, timing)
 
 
+def sample_missing_corpus(ctx: StudyContext, unit, out: Path) -> None:
+    """Stage 4 alone, for a finished unit: its saved model, its seeds (see unit.ensure_corpus)."""
+    cfg = unit.spec.config
+    torch.set_num_threads(cfg.resources.cpu)
+    seed_everything(ctx.cfg.study.seed, unit.label, unit.generation)
+    parent = read_json(out / TRAIN_META)["weights_sha256"][:16]
+    model = load_model(out / MODEL_DIR)
+    sample(ctx, unit, out, model, choose_sampler(ctx, cfg, out), watermark_for(cfg, ctx.cfg.study.seed), parent)
+
+
 def train(ctx: StudyContext, unit, out: Path, watermark: Watermark | None) -> torch.nn.Module:
     """Stages 1-3: the training set, the trained weights in out/MODEL_DIR, then train.json."""
     spec, k, cfg, study = unit.spec, unit.generation, unit.spec.config, ctx.cfg.study

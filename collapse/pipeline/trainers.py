@@ -50,7 +50,7 @@ class LocalTrainer:
             model = wrap_lora(model, cfg.model, seeds)
         trainable = trainable_parameters(model)
         strata = np.array([s != REAL for s in tset.sources]) if cfg.train.mixing == "batch" else None
-        result = TorchEngine(cfg.train).fit(model, tset.rows, seeds, out / TRAIN_STATE, strata)
+        result = TorchEngine(cfg.train).fit(model, tset.rows, seeds, out / TRAIN_STATE, strata, self.ctx.on_train_step)
         if adapted:
             model = merge_lora(model)
         sha = save_model_dir(out / MODEL_DIR, model, self.ctx.tokenizer)

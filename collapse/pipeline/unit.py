@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core import metrics as M
-from ..core.checkpoint import clean_tmp, exclusive, is_done, lock_path, mark_done, read_json, write_json_atomic
+from ..core.checkpoint import (
+    clean_tmp,
+    exclusive,
+    is_done,
+    link_atomic,
+    lock_path,
+    mark_done,
+    read_json,
+    write_json_atomic,
+)
 from ..core.plan import LineageSpec
-from ..core.rundir import DONE, SHARED_POINTER, UNIT_METRICS
+from ..core.rundir import CORPUS_DIR, CORPUS_DONE, DONE, MODEL_DIR, SHARED_POINTER, UNIT_METRICS
 from .context import StudyContext
-from .stages import run_lm_stages
+from .stages import run_lm_stages, sample_missing_corpus
 from .theory import run_theory_stages
 
 
@@ -38,6 +49,8 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
     out = ctx.run.artifacts_dir(unit.spec.name, unit.spec.gen0_key, unit.generation)
     if is_done(out, DONE):
         return read_json(out / UNIT_METRICS)
+    for j in range(1, unit.generation):
+        ensure_corpus(ctx, unit.spec, j)
     with exclusive(lock_path(out)):  # a straggler from a killed run may hold it
         if is_done(out, DONE):
             return read_json(out / UNIT_METRICS)
@@ -56,6 +69,26 @@ def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
         return read_json(mine / UNIT_METRICS)
     row = {**read_json(shared / UNIT_METRICS), **spec.identity(), M.GENERATION: 0}
     write_json_atomic(mine / SHARED_POINTER, {"path": str(shared.relative_to(ctx.run.root))})
+    for name in (MODEL_DIR, CORPUS_DIR):  # so lineages/<name>/gen_000/model loads like every other generation
+        if (shared / name).is_dir():
+            link_atomic(mine / name, Path(os.path.relpath(shared / name, mine)))
     write_json_atomic(mine / UNIT_METRICS, row)
     mark_done(mine, DONE, {"finished": time.time()})
     return row
+
+
+def ensure_corpus(ctx: StudyContext, spec: LineageSpec, k: int) -> None:
+    """A finished generation k whose corpus was never sampled (it was the last generation until
+    `collapse resume --generations` extended the study) samples it now, from its saved model and
+    with the seeds it would have used: the extended study equals one run that long from the start."""
+    out = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k)
+    if not is_done(out, DONE) or is_done(out, CORPUS_DONE) or spec.corpus_rows == 0:
+        return
+    with exclusive(lock_path(out)):
+        if is_done(out, CORPUS_DONE):
+            return
+        clean_tmp(out)
+        if spec.config.model.family != "lm":
+            run_theory_stages(ctx, Unit.for_lineage(spec, k), out)  # milliseconds: redo the unit, same numbers
+        else:
+            sample_missing_corpus(ctx, Unit.for_lineage(spec, k), out)
