@@ -66,8 +66,6 @@ def test_json_schema_accepts_every_shipped_config_and_rejects_typos(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     for path in sorted(CONFIGS.rglob("*.yaml")):
-        if "sweeps" in path.parts:
-            continue
         jsonschema.validate(yaml.safe_load(path.read_text()) or {}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"train": {"lrr": 0.1}}, schema)
@@ -77,7 +75,7 @@ def test_json_schema_accepts_every_shipped_config_and_rejects_typos(capsys):
 
 @pytest.mark.ray
 def test_wandb_sweep_agent_command_line_validates_and_runs(ray_session, small_corpus, tmp_path, monkeypatch):
-    sweep = yaml.safe_load((CONFIGS / "sweeps" / "wandb-smoke.yaml").read_text())
+    sweep = yaml.safe_load((REPO / "launch" / "wandb-sweep.yaml").read_text())
     point = {k: v["values"][0] for k, v in sweep["parameters"].items()}
     args = [f"--{k}={v}" for k, v in point.items()]  # how the agent expands ${args}
     command = []
