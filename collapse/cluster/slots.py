@@ -134,6 +134,9 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
     """Join `address`, or start a fresh local instance owned by this driver."""
     import logging
 
+    if address:
+        use_token_auth_if_available()  # before `import ray`: it reads the auth mode once, at import
+
     import ray
 
     if ray.is_initialized():
@@ -150,7 +153,6 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         runtime_env={"env_vars": env} if env else None,
     )
     if address:
-        use_token_auth_if_available()
         ray.init(address=address, **kwargs)
     else:
         # address="local": always a fresh instance owned by this driver, never someone else's.
