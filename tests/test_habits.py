@@ -208,3 +208,23 @@ def test_figure_layout_has_no_overlaps_integer_ticks_and_one_legend():
         assert ax.get_legend() is None
     assert len(fig.legends) == 1
     assert fig.axes[0].collections  # the across-seed 95% band is drawn
+
+
+def test_a_wandb_failure_is_a_warning_and_resume_catches_up(small_corpus, tmp_path, monkeypatch):
+    """A W&B run id still held by a killed job's process (seen after a Slurm requeue) must not
+    fail a lineage: results are on disk, and the next session logs what was not logged."""
+    import collapse.cluster.worker as worker
+
+    real = worker.build_tracker
+
+    def held(*args, **kwargs):
+        raise RuntimeError("run ID e69814515c8edfc6 is in use")
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [1.0], "study.generations": 1})
+    monkeypatch.setattr(worker, "build_tracker", held)
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local", *_sets(overrides)]) == 0
+    assert len(read_metrics(out)) == 2 and not list(out.rglob("wandb_logged"))
+    monkeypatch.setattr(worker, "build_tracker", real)
+    assert main(["resume", str(out), "--local"]) == 0
+    assert len(list(out.rglob("wandb_logged"))) == 2  # caught up

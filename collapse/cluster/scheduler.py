@@ -8,7 +8,7 @@ from ..core.rundir import RunDir
 from .dispatch import dispatch
 from .progress import Ledger, ProgressView, console, log_study_run
 from .slots import RaySlots
-from .worker import setup_worker_logging
+from .worker import catch_up_tracking, setup_worker_logging
 
 SCHEDULER_NAMESPACE = "collapse"
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
@@ -30,6 +30,7 @@ class StudyScheduler:
         cfg = run.load_config()
         ledger = Ledger(run, cfg, run.lineages(cfg), ProgressView(cfg.study.generations, enabled=False))
         slots = dispatch(run, ledger, lambda work: RaySlots(str(run.root), self.uid, cfg, work))
+        catch_up_tracking(self.run_dir, self.uid, [s.name for s in ledger.specs], cfg.study.generations)
         rows = ledger.rebuild_metrics()  # with the lineages a search added
         log_study_run(run, cfg, rows, self.uid)
         return {"failed": ledger.failed, "slots": slots}

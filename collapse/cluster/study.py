@@ -17,6 +17,7 @@ from .dispatch import dispatch
 from .progress import Ledger, ProgressView, log_study_run
 from .scheduler import drive_scheduler
 from .slots import InProcessSlots, init_ray
+from .worker import catch_up_tracking
 
 
 @dataclass
@@ -41,6 +42,7 @@ def run_study(
         with ProgressView(cfg.study.generations) as view:
             ledger = Ledger(run, cfg, specs, view)
             slots = dispatch(run, ledger, lambda work: InProcessSlots(str(run.root), uid))
+        catch_up_tracking(str(run.root), uid, [s.name for s in ledger.specs], cfg.study.generations)
         failed = ledger.failed
         rows = ledger.rebuild_metrics()  # with the lineages a search added
         log_study_run(run, cfg, rows, uid)

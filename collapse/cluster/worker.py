@@ -13,10 +13,12 @@ from pathlib import Path
 from ..core import metrics as M
 from ..core.checkpoint import is_done, mark_done, read_json
 from ..core.plan import LineageSpec
-from ..core.rundir import CORPUS_DIR, DONE, LOGGED, LOGS_DIR, MODEL_DIR, TRAIN_META
+from ..core.rundir import CORPUS_DIR, DONE, LOGGED, LOGS_DIR, MODEL_DIR, TRAIN_META, RunDir
 from ..core.tracking import NullTracker, Tracker, build_tracker, wandb_group, wandb_run_id
 from ..pipeline.context import StudyContext
 from ..pipeline.unit import Unit, link_gen0, run_unit
+
+log = logging.getLogger(__name__)
 
 
 def setup_worker_logging(run_dir: str | Path, name: str) -> None:
@@ -46,9 +48,11 @@ class LineageWorker:
         self.study_uid = study_uid
         self.spec: LineageSpec | None = None
         self._tracker: Tracker | None = None
+        self._tracking_ok = True  # False once W&B failed for the open lineage (see _track)
 
     def open(self, lineage: str) -> None:
         self.close()
+        self._tracking_ok = True
         if lineage not in self.specs:  # launched by a contamination search after this actor started
             self.specs = {s.name: s for s in self.ctx.run.lineages(self.ctx.cfg)}
         self.spec = self.specs[lineage]
@@ -80,7 +84,7 @@ class LineageWorker:
             self.open(lineage)
         if k > 0:  # live per-step training loss, on a step axis cumulative over the lineage's generations
             offset = sum(self.ctx.run.unit_row(lineage, j).get(M.TRAIN_STEPS, 0) for j in range(k))
-            self.ctx.on_train_step = lambda step, loss: self.tracker.log_train_step(offset + step + 1, loss)
+            self.ctx.on_train_step = lambda step, loss: self._track(lambda t: t.log_train_step(offset + step + 1, loss))
         try:
             row = link_gen0(self.ctx, self.spec) if k == 0 else run_unit(self.ctx, Unit.for_lineage(self.spec, k))
         finally:
@@ -98,9 +102,29 @@ class LineageWorker:
         for k in range(upto + 1):
             d = self.ctx.run.unit_dir(self.spec.name, k)
             if is_done(d, DONE) and not is_done(d, LOGGED):
-                self.tracker.log(self.ctx.run.unit_row(self.spec.name, k), step=k)
-                self.tracker.log_generation(k, *self._artifacts(k))
+                row, artifacts = self.ctx.run.unit_row(self.spec.name, k), self._artifacts(k)
+
+                def log_unit(t: Tracker, k: int = k, row: dict = row, artifacts: tuple = artifacts) -> None:
+                    t.log(row, step=k)
+                    t.log_generation(k, *artifacts)
+
+                if not self._track(log_unit):
+                    return  # not marked: `collapse resume` logs it later
                 mark_done(d, LOGGED)
+
+    def _track(self, call) -> bool:
+        """Tracking is a view of the results on disk: a W&B failure (no service, a run id still held
+        by a killed job's process, no network) is a warning, never a failed lineage. The lineage
+        then logs nothing more this session; the units stay unmarked, so a resume catches up."""
+        if not self._tracking_ok:
+            return False
+        try:
+            call(self.tracker)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            log.warning("W&B logging for %s stopped: %s: %s", self.spec.name, type(exc).__name__, exc)
+            self._tracker, self._tracking_ok = NullTracker(), False  # for the rest of this lineage's session
+            return False
 
     def _artifacts(self, k: int) -> tuple[dict[str, str], list[tuple[str, int]]]:
         """Generation k's model and corpus (paths), and what it was made from: the corpora its
@@ -124,6 +148,27 @@ class LineageWorker:
 
     def close(self) -> None:
         if self._tracker is not None:
-            self._tracker.finish()
+            self._track(lambda t: t.finish())
             self._tracker = None
         self.spec = None
+
+
+def catch_up_tracking(run_dir: str, uid: str, lineages: list[str], generations: int) -> int:
+    """Log every finished unit that never reached W&B (a session whose tracking failed, or a crash
+    between commit and log) for lineages with nothing left to run; returns how many lineages."""
+    run = RunDir(run_dir)
+    pending = [
+        name
+        for name in lineages
+        if any(run.unit_done(name, k) and not is_done(run.unit_dir(name, k), LOGGED) for k in range(generations + 1))
+    ]
+    if not pending:
+        return 0
+    host = LineageWorker(run_dir, uid, log_to_file=False)
+    try:
+        for name in pending:
+            host.open(name)
+            host._log_pending(generations)
+    finally:
+        host.shutdown()
+    return len(pending)
