@@ -72,7 +72,8 @@ class ProgressView:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def update(self, name: str, status: str, done: int | None = None) -> None:
+    def update(self, name: str, status: str, done: int | None = None, row: dict | None = None) -> None:
+        """`row`: the metrics of the generation that just finished (for the plain line)."""
         first = name not in self.tasks
         if first:
             self.tasks[name] = self.progress.add_task(name, total=self.total, completed=done or 0, status=status)
@@ -82,7 +83,7 @@ class ProgressView:
             self.progress.update(self.tasks[name], completed=done, status=status)
         if self.plain and not first:
             if done is not None and done > self.done.get(name, 0):
-                self._line(f"{name} generation {done - 1} done  {_plain(status)}")
+                self._line(f"{name} generation {done - 1} done  {format_row(row) if row else _plain(status)}")
             elif "failed" in status and "failed" not in self.status.get(name, ""):
                 self._line(f"{name} failed")
         if done is not None:
@@ -120,7 +121,7 @@ class ProgressView:
                 if done
                 else "queued"
             )
-            self.update(name, status, done)
+            self.update(name, status, done, last)
 
 
 class Ledger:
@@ -141,7 +142,7 @@ class Ledger:
 
     def finished(self, spec: LineageSpec, k: int, row: dict) -> list[LineageSpec]:
         """Record a finished generation; return the lineages the search launches because of it."""
-        self.view.update(spec.name, format_row(row) if k < self.G else "done  " + format_row(row), k + 1)
+        self.view.update(spec.name, format_row(row) if k < self.G else "done  " + format_row(row), k + 1, row)
         # metrics.jsonl is rebuilt from every finished unit: at most every few seconds (the end of
         # the study writes it once more), else a study of thousands of fast units spends its time
         # re-reading its own results.
