@@ -47,6 +47,15 @@ def small_corpus(tmp_path_factory) -> Path:
     return path
 
 
+# The command line a user types, as a subprocess argv prefix: `collapse ...` in this environment.
+CLI = [sys.executable, "-m", "collapse.launch.cli"]
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """["k=v", ...] -> ["--set", "k=v", ...]"""
+    return [a for o in overrides for a in ("--set", o)]
+
+
 def tiny_overrides(corpus: Path, **extra) -> list[str]:
     """A study small enough to run in seconds, on real text."""
     base = {

@@ -16,7 +16,7 @@ from collapse.engines.model import build_model  # noqa: E402
 from collapse.engines.torch_engine import TorchEngine  # noqa: E402
 from collapse.launch.cli import main  # noqa: E402
 
-from .conftest import CONFIGS, tiny_overrides  # noqa: E402
+from .conftest import CONFIGS, set_args, tiny_overrides  # noqa: E402
 
 
 def test_only_adapter_weights_train_and_merge_keeps_outputs(tmp_path):
@@ -69,13 +69,7 @@ def test_study_with_lora_generations(small_corpus, tmp_path):
             "tracking.wandb": "disabled",
         },
     )
-    assert (
-        main(
-            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"]
-            + [a for o in overrides for a in ("--set", o)]
-        )
-        == 0
-    )
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + set_args(overrides)) == 0
     gen0 = json.loads(next((out / "shared").glob("*/gen_000/train.json")).read_text())
     assert gen0["trainable_params"] == gen0["num_params"]  # generation 0 trains fully from scratch
     for k in (1, 2):

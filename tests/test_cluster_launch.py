@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -18,7 +17,7 @@ import pytest
 
 from collapse.launch.cli import EXIT_CONFIG, main
 
-from .conftest import CONFIGS, tiny_overrides
+from .conftest import CLI, CONFIGS, set_args, tiny_overrides
 
 
 def _free_port() -> int:
@@ -60,16 +59,10 @@ def test_driver_joins_a_token_auth_head_by_explicit_address(small_corpus, tmp_pa
             except OSError:
                 assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
                 time.sleep(0.5)
-        args = [
-            a
-            for o in tiny_overrides(small_corpus, **{"study.generations": 1, "tracking.wandb": "disabled"})
-            for a in ("--set", o)
-        ]
+        args = set_args(tiny_overrides(small_corpus, **{"study.generations": 1, "tracking.wandb": "disabled"}))
         proc = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "collapse.launch.cli",
+                *CLI,
                 "sweep",
                 str(CONFIGS / "smoke.yaml"),
                 "--out",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from collapse.core.config import Config, ConfigError, load_config, parse_override, validate
 from collapse.launch.cli import EXIT_CONFIG, main
 
-from .conftest import CONFIGS
+from .conftest import CLI, CONFIGS, set_args
 
 
 def test_defaults_validate():
@@ -107,7 +106,7 @@ BAD = [
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys, text, overrides, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    argv = ["validate", str(path)] + [a for o in overrides for a in ("--set", o)]
+    argv = ["validate", str(path)] + set_args(overrides)
     assert main(argv) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert fragment in err, err
@@ -123,7 +122,7 @@ def test_cli_process_prints_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: {contamination: [2]}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "collapse.launch.cli", "run", str(bad), "--out", str(tmp_path / "r")],
+        [*CLI, "run", str(bad), "--out", str(tmp_path / "r")],
         capture_output=True,
         text=True,
     )

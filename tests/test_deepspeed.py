@@ -4,7 +4,6 @@ the same, data-parallel sampling identical to single-process sampling, and mid-g
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ from collapse.engines.torch_engine import TorchEngine
 from collapse.engines.workers import DistributedSampler, InitSpec, WorkerGroup
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, kill_session, popen_study, tiny_overrides
+from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides
 
 pytestmark = pytest.mark.ray
 MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64)
@@ -117,7 +116,7 @@ def test_sigkill_mid_training_two_workers_resumes_from_step_checkpoint(small_cor
             "model.init": "previous",
         },
     )
-    args = [a for o in overrides for a in ("--set", o)]
+    args = set_args(overrides)
     ref = tmp_path / "ref"
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--num-cpus", "2"] + args) == 0
     expected = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(ref)]
@@ -125,9 +124,7 @@ def test_sigkill_mid_training_two_workers_resumes_from_step_checkpoint(small_cor
     out = tmp_path / "killed"
     proc = popen_study(
         [
-            sys.executable,
-            "-m",
-            "collapse.launch.cli",
+            *CLI,
             "run",
             str(CONFIGS / "smoke.yaml"),
             "--out",
@@ -196,7 +193,7 @@ def test_layout_invariance_torch_one_worker_equals_deepspeed_two_workers(small_c
     }
     rows = {}
     for name, layout in layouts.items():
-        args = [a for o in tiny_overrides(small_corpus, **common, **layout) for a in ("--set", o)]
+        args = set_args(tiny_overrides(small_corpus, **common, **layout))
         assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path / name), "--num-cpus", "2"] + args) == 0
         rows[name] = {(r["lineage"], r["generation"]): r for r in read_metrics(tmp_path / name)}
     a, b = rows["torch"], rows["deepspeed"]

@@ -16,11 +16,7 @@ import yaml
 from collapse.core.rundir import read_metrics
 from collapse.launch.cli import EXIT_CONFIG, main
 
-from .conftest import CONFIGS, REPO, tiny_overrides
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
+from .conftest import CLI, CONFIGS, REPO, set_args, tiny_overrides
 
 
 def _strip(rows: list[dict]) -> list[dict]:
@@ -38,7 +34,7 @@ def test_version_and_help_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "usage: collapse" in out and out.strip().endswith("NO-TORCH")
-    version = subprocess.run([sys.executable, "-m", "collapse.launch.cli", "--version"], capture_output=True, text=True)
+    version = subprocess.run([*CLI, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and re.match(r"collapse \d+\.\d+", version.stdout)
 
 
@@ -106,15 +102,13 @@ def test_plain_log_lines_without_a_terminal_extend_a_study_and_load_every_genera
     short = tmp_path / "short"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "collapse.launch.cli",
+            *CLI,
             "run",
             str(CONFIGS / "smoke.yaml"),
             "--out",
             str(short),
             "--local",
-            *_sets(overrides),
+            *set_args(overrides),
         ],
         capture_output=True,
         text=True,
@@ -131,7 +125,7 @@ def test_plain_log_lines_without_a_terminal_extend_a_study_and_load_every_genera
     assert main(["resume", str(short), "--generations", "3", "--local"]) == 0
     long_ = tmp_path / "long"
     overrides3 = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 3})
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(long_), "--local", *_sets(overrides3)]) == 0
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(long_), "--local", *set_args(overrides3)]) == 0
     key = lambda r: (r["lineage"], r["generation"])  # noqa: E731
     assert sorted(_strip(read_metrics(short)), key=key) == sorted(_strip(read_metrics(long_)), key=key)
     assert main(["resume", str(short), "--generations", "2", "--local"]) == EXIT_CONFIG  # no shortening
@@ -223,7 +217,7 @@ def test_a_wandb_failure_is_a_warning_and_resume_catches_up(small_corpus, tmp_pa
     out = tmp_path / "run"
     overrides = tiny_overrides(small_corpus, **{"grid.contamination": [1.0], "study.generations": 1})
     monkeypatch.setattr(worker, "build_tracker", held)
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local", *_sets(overrides)]) == 0
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local", *set_args(overrides)]) == 0
     assert len(read_metrics(out)) == 2 and not list(out.rglob("wandb_logged"))
     monkeypatch.setattr(worker, "build_tracker", real)
     assert main(["resume", str(out), "--local"]) == 0

@@ -19,7 +19,7 @@ from collapse.engines.sampling import SampleParams
 from collapse.engines.watermark import Watermark
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, tiny_overrides
+from .conftest import CONFIGS, set_args, tiny_overrides
 
 WM = Watermark(gamma=0.25, delta=4.0, key=1234)
 
@@ -143,10 +143,7 @@ def test_mitigations_study_end_to_end(ray_session, small_corpus, tmp_path):
             "mitigation.watermark_z": 2.0,
         },
     )
-    assert (
-        main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + [a for o in overrides for a in ("--set", o)])
-        == 0
-    )
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + set_args(overrides)) == 0
     rows = {(r["lineage"], r["generation"]): r for r in read_metrics(out)}
     name = "c0.50-replace-s0-filter={}"
     assert len(list((out / "shared").iterdir())) == 2  # watermarked generation 0 is its own

@@ -7,7 +7,7 @@ import json
 from collapse.core.rundir import read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, tiny_overrides
+from .conftest import CONFIGS, set_args, tiny_overrides
 
 
 def test_shumailov_reduced_runs_and_refinetunes_generation0(small_corpus, tmp_path):
@@ -16,7 +16,7 @@ def test_shumailov_reduced_runs_and_refinetunes_generation0(small_corpus, tmp_pa
         small_corpus, **{"tracking.wandb": "disabled", "train.epochs": 2, "sample.prompt_tokens": 32}
     )
     args = ["run", str(CONFIGS / "repro" / "shumailov2023.yaml"), "--out", str(out), "--local"]
-    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    assert main(args + set_args(overrides)) == 0
     rows = read_metrics(out)
     assert len(rows) == 2 * 3 and {r["contamination"] for r in rows} == {1.0, 0.9}
     gen0_model = next((out / "shared").glob("*/gen_000/model"))

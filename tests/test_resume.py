@@ -13,7 +13,7 @@ import pytest
 from collapse.core.rundir import read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, kill_session, popen_study, tiny_overrides
+from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides
 
 OVERRIDES = {
     "grid.contamination": [0.5, 1.0],
@@ -31,16 +31,14 @@ def _strip(rows):
 
 def _cmd(out: Path, overrides) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "collapse.launch.cli",
+        *CLI,
         "run",
         str(CONFIGS / "smoke.yaml"),
         "--out",
         str(out),
         "--num-cpus",
         "2",
-    ] + [a for o in overrides for a in ("--set", o)]
+    ] + set_args(overrides)
 
 
 def _wait_for(predicate, proc, timeout=240.0) -> bool:
@@ -58,13 +56,7 @@ def _wait_for(predicate, proc, timeout=240.0) -> bool:
 def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_path):
     overrides = tiny_overrides(small_corpus, **OVERRIDES)
     ref = tmp_path / "ref"
-    assert (
-        main(
-            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"]
-            + [a for o in overrides for a in ("--set", o)]
-        )
-        == 0
-    )
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + set_args(overrides)) == 0
     expected = _strip(read_metrics(ref))
     assert len(expected) == 4 * 4
 
@@ -77,7 +69,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
     )
     kill_session(proc)
     # Kill 2 (on resume): right after some generation-2 unit is committed, mid-study.
-    proc = popen_study([sys.executable, "-m", "collapse.launch.cli", "resume", str(out), "--num-cpus", "2"])
+    proc = popen_study([*CLI, "resume", str(out), "--num-cpus", "2"])
     assert _wait_for(lambda: any(lineages.glob("*/gen_002/DONE")), proc), "never reached generation 2"
     kill_session(proc)
     assert len(list(lineages.glob("*/gen_003/DONE"))) < 4  # there was work left to resume
@@ -107,13 +99,7 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
         **{"resources.max_concurrent": 2, "resources.retry_backoff_s": 1.0, "tracking.wandb": "disabled"},
     )
     ref = tmp_path / "ref"
-    assert (
-        main(
-            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"]
-            + [a for o in overrides for a in ("--set", o)]
-        )
-        == 0
-    )
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + set_args(overrides)) == 0
     expected = _strip(read_metrics(ref))
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -133,7 +119,7 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
         cluster.address,
     ]
     proc = subprocess.Popen(
-        cmd + [a for o in overrides for a in ("--set", o)],
+        cmd + set_args(overrides),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -170,13 +156,7 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
 
     overrides = tiny_overrides(small_corpus, **OVERRIDES, **{"tracking.wandb": "disabled"})
     ref = tmp_path / "ref"
-    assert (
-        main(
-            ["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"]
-            + [a for o in overrides for a in ("--set", o)]
-        )
-        == 0
-    )
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + set_args(overrides)) == 0
     expected = _strip(read_metrics(ref))
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -184,7 +164,7 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
     cluster.add_node(num_cpus=1)
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    sets = [a for o in overrides for a in ("--set", o)]
+    sets = set_args(overrides)
     try:
         driver = subprocess.Popen(
             [

@@ -10,14 +10,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import CONFIGS, tiny_overrides
+from .conftest import CLI, CONFIGS, set_args, tiny_overrides
 
 pytestmark = pytest.mark.service
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[dev]')")
@@ -75,17 +74,13 @@ def _collapse(args: list[str], env: dict, cache: Path, timeout: float = 600, **k
     full = {**os.environ, **env, "COLLAPSE_CACHE": str(cache)}
     full.pop("WANDB_SERVICE", None)
     return subprocess.run(
-        [sys.executable, "-m", "collapse.launch.cli", *args],
+        [*CLI, *args],
         env=full,
         capture_output=True,
         text=True,
         timeout=timeout,
         **kw,
     )
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
 
 
 def _rows(text: str) -> list[dict]:
@@ -96,7 +91,7 @@ def _rows(text: str) -> list[dict]:
 
 def test_sigkill_then_resume_from_the_bucket_alone(s3, small_corpus, tmp_path):
     fs, env = s3
-    overrides = _sets(
+    overrides = set_args(
         tiny_overrides(
             small_corpus,
             **{
@@ -119,9 +114,7 @@ def test_sigkill_then_resume_from_the_bucket_alone(s3, small_corpus, tmp_path):
     full.pop("WANDB_SERVICE", None)
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "collapse.launch.cli",
+            *CLI,
             "run",
             str(CONFIGS / "smoke.yaml"),
             "--out",

@@ -13,17 +13,13 @@ from collapse.core.rundir import read_metrics
 from collapse.core.storage import cache_dir_for
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, tiny_overrides
+from .conftest import CONFIGS, set_args, tiny_overrides
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COLLAPSE_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def _sets(overrides):
-    return [a for o in overrides for a in ("--set", o)]
 
 
 def test_memory_filesystem_run_is_mirrored_and_resumes_from_the_uri_alone(small_corpus, cache):
@@ -37,7 +33,7 @@ def test_memory_filesystem_run_is_mirrored_and_resumes_from_the_uri_alone(small_
             "study.generations": 2,
         },
     )
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", uri, "--local"] + _sets(overrides)) == 0
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", uri, "--local"] + set_args(overrides)) == 0
     fs, base = fsspec.core.url_to_fs(uri)
     remote = {p[len(base) :].lstrip("/") for p in fs.find(base)}
     for must in (
@@ -77,7 +73,7 @@ def test_local_filesystem_uri_through_ray(ray_session, small_corpus, cache, tmp_
     remote_root = tmp_path / "remote"
     uri = f"file://{remote_root}/study"
     overrides = tiny_overrides(small_corpus, **{"grid.contamination": [1.0], "tracking.wandb": "offline"})
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", uri] + _sets(overrides)) == 0
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", uri] + set_args(overrides)) == 0
     mirrored = remote_root / "study"
     assert (mirrored / "lineages" / "c1.00-replace-s0" / "gen_002" / "DONE").is_file()
     assert [json.loads(line) for line in (mirrored / "metrics.jsonl").read_text().splitlines()] == read_metrics(

@@ -14,7 +14,7 @@ from collapse.core.rundir import MANIFEST_FILE, RunDir, read_metrics
 from collapse.core.tracking import STUDY_RUN, wandb_run_id
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, tiny_overrides
+from .conftest import CONFIGS, set_args, tiny_overrides
 
 REQUIRED = {
     "lineage",
@@ -50,10 +50,6 @@ REQUIRED = {
 EMBEDDING = {"embed_diversity", "vendi_score", "embed_diversity_lo", "vendi_score_hi"}
 
 
-def _args(overrides):
-    return [a for o in overrides for a in ("--set", o)]
-
-
 @pytest.mark.ray
 def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
     out = tmp_path / "run"
@@ -61,7 +57,7 @@ def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
         small_corpus,
         **{"grid.contamination": [0.0, 1.0], "grid.regime": ["replace", "accumulate"], "eval.embeddings": True},
     )
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + _args(overrides)) == 0
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out)] + set_args(overrides)) == 0
 
     rows = read_metrics(out)
     assert len(rows) == 4 * 3  # lineages x generations 0..2
@@ -177,7 +173,7 @@ def test_base_init_fine_tunes_a_local_hf_model_each_generation(small_corpus, tmp
             "tracking.wandb": "disabled",
         },
     )
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + _args(overrides)) == 0
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + set_args(overrides)) == 0
     assert (
         json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
         == json.loads((base / "tokenizer.json").read_text())["model"]["vocab"]
@@ -218,7 +214,7 @@ def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
                 "--address",
                 cluster.address,
             ]
-            + _args(overrides),
+            + set_args(overrides),
             capture_output=True,
             text=True,
             timeout=300,
@@ -240,7 +236,7 @@ def test_status_grid_reports_done_running_failed_queued(small_corpus, tmp_path, 
     overrides = tiny_overrides(
         small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 2, "tracking.wandb": "disabled"}
     )
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + _args(overrides)) == 0
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local"] + set_args(overrides)) == 0
     run = RunDir(out)
     # Pretend: c=1 lost its generation 2 and is running it again; c=0 failed at generation 2.
     for name in ("c1.00-replace-s0", "c0.00-replace-s0"):
