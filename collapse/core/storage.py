@@ -65,8 +65,7 @@ class Mirror:
     def __init__(self, local_root: Path, uri: str):
         self.local_root, self.uri = Path(local_root).resolve(), uri.rstrip("/")
         self.fs, self.base = filesystem(self.uri)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.has_dirs = protocol not in OBJECT_STORES
+        self.has_dirs = protocol_of(self.fs) not in OBJECT_STORES
 
     def _remote(self, path: Path) -> str:
         # the parent is resolved, not the file: a symlink (W&B links its logs elsewhere) stays in place
@@ -122,6 +121,11 @@ class Mirror:
         return count
 
 
+def protocol_of(fs) -> str:
+    """An fsspec filesystem's main protocol name (some declare a tuple: ("file", "local"))."""
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
 def filesystem(uri: str):
     """(fs, path) for a URI, with bounded network behaviour where the store allows it."""
     import fsspec
@@ -156,7 +160,7 @@ def check_remote(uri: str, study_must_exist: bool) -> None:
 
     def probe() -> None:
         try:
-            if fs.protocol != "file" and "file" not in fs.protocol:
+            if protocol_of(fs) not in ("file", "local"):
                 try:
                     fs.ls(bucket)  # a listing checks the credentials and the bucket at once
                 except FileNotFoundError:
