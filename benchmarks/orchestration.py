@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--lineages", type=int, default=64)
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--local", action="store_true", help="in-process scheduler instead of Ray actors")
+    ap.add_argument(
+        "--processes", action="store_true", help="worker processes (the one-machine default) instead of Ray actors"
+    )
     ap.add_argument("--lm", action="store_true", help="a tiny language model instead of the do-nothing gaussian family")
     args = ap.parse_args()
     seeds = list(range(args.lineages // 2))
@@ -121,7 +124,7 @@ def main() -> None:
         run.create(cfg)
         t = time.perf_counter()
         with PeakRss("LineageWorker", "StudyScheduler") as rss:
-            result = run_study(run, local=args.local)
+            result = run_study(run, local=args.local, ray=not (args.local or args.processes))
         wall = time.perf_counter() - t
         actor_mb, scheduler_mb = rss.peak["LineageWorker"], rss.peak["StudyScheduler"]
         slots = run.sessions()[-1]["slots"]

@@ -103,6 +103,20 @@ def popen_study(cmd: list[str]):
     return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
+def wait_for(predicate, proc, timeout: float = 240.0) -> bool:
+    """Poll `predicate` until it holds (True), `proc` exits or `timeout` passes (False)."""
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
 def kill_session(proc) -> None:
     """SIGKILL everything in the process's session: the driver, the Ray head it started, the actors
     and training workers (Ray puts each worker in its own process group, so killpg is not enough).

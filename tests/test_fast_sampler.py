@@ -10,7 +10,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from collapse.core.config import ModelConfig, TrainConfig
 from collapse.engines.corpus import load_documents
 from collapse.engines.data import tokenize_to_chunks
-from collapse.engines.fast_sampler import FastSampler, supports
+from collapse.engines.fast_sampler import FastSampler, pick, supports
 from collapse.engines.hf_sampler import HFSampler
 from collapse.engines.model import build_model
 from collapse.engines.sampling import SampleParams
@@ -162,3 +162,19 @@ def test_repetition_penalty_matches_generate_and_reduces_repeats(trained):
     assert (fast == hf).all()  # the same penalty as transformers' processor, token for token
     repeats = lambda out: np.mean([len(r) - len(set(r.tolist())) for r in out[:, 6:]])  # noqa: E731
     assert repeats(fast) < repeats(plain)
+
+
+def test_inverse_cdf_draws_follow_the_distribution_and_never_a_masked_token():
+    """`sample_categorical` (one uniform per row) samples the categorical it is given: frequencies
+    within 5 standard errors of the probabilities, and a token masked by top-k never appears."""
+    logits = torch.log(torch.tensor([0.5, 1e-9, 0.2, 0.3, 1e-4, 0.0])).repeat(100_000, 1)
+    drawn = pick(logits, 1.0, 4, 1.0, False, torch.Generator().manual_seed(3))
+    freq = torch.bincount(drawn, minlength=6).double() / len(drawn)
+    probs = torch.softmax(torch.log(torch.tensor([0.5, 0, 0.2, 0.3, 1e-4, 0])), -1).double()  # top-4 kept
+    probs[1] = probs[5] = 0.0
+    probs /= probs.sum()
+    se = (probs * (1 - probs) / len(drawn)).sqrt()
+    assert ((freq - probs).abs() <= 5 * se + 1e-12).all(), (freq, probs)
+    assert freq[1] == 0 and freq[5] == 0  # outside the top 4 (and probability 0)
+    again = pick(logits, 1.0, 4, 1.0, False, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, again)  # seeded

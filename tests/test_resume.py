@@ -13,7 +13,7 @@ import pytest
 from collapse.core.rundir import read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides
+from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides, wait_for
 
 OVERRIDES = {
     "grid.contamination": [0.5, 1.0],
@@ -41,17 +41,6 @@ def _cmd(out: Path, overrides) -> list[str]:
     ] + set_args(overrides)
 
 
-def _wait_for(predicate, proc, timeout=240.0) -> bool:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.ray
 def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_path):
     overrides = tiny_overrides(small_corpus, **OVERRIDES)
@@ -64,13 +53,13 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
     lineages = out / "lineages"
     # Kill 1: mid-training (a step checkpoint exists inside some generation >= 1).
     proc = popen_study(_cmd(out, overrides))
-    assert _wait_for(lambda: any(lineages.glob("*/gen_00[12]/train_state/step_*/step.json")), proc), (
+    assert wait_for(lambda: any(lineages.glob("*/gen_00[12]/train_state/step_*/step.json")), proc), (
         "never reached mid-training"
     )
     kill_session(proc)
     # Kill 2 (on resume): right after some generation-2 unit is committed, mid-study.
     proc = popen_study([*CLI, "resume", str(out), "--num-cpus", "2"])
-    assert _wait_for(lambda: any(lineages.glob("*/gen_002/DONE")), proc), "never reached generation 2"
+    assert wait_for(lambda: any(lineages.glob("*/gen_002/DONE")), proc), "never reached generation 2"
     kill_session(proc)
     assert len(list(lineages.glob("*/gen_003/DONE"))) < 4  # there was work left to resume
 
@@ -132,7 +121,7 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
             running = [d for d in lineages.glob("*/gen_00[123]") if is_locked(lock_path(d))]
             return len(running) == 2 and any(lineages.glob("*/gen_00[123]/train_state/step_*/step.json"))
 
-        assert _wait_for(both_mid_training, proc), "never had two units mid-training"
+        assert wait_for(both_mid_training, proc), "never had two units mid-training"
         cluster.add_node(num_cpus=1)  # the replacement capacity an autoscaler would bring
         cluster.remove_node(doomed)
         _, stderr = proc.communicate(timeout=400)
@@ -183,7 +172,7 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        assert _wait_for(lambda: any((out / "lineages").glob("*/gen_001/DONE")), driver), "never reached generation 1"
+        assert wait_for(lambda: any((out / "lineages").glob("*/gen_001/DONE")), driver), "never reached generation 1"
         driver.kill()  # the driver only: the cluster and the scheduler actor live on
         driver.wait()
         done_at_kill = len(list((out / "lineages").glob("*/gen_*/DONE")))

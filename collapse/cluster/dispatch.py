@@ -16,9 +16,10 @@ from .slots import Slots
 log = logging.getLogger(__name__)
 
 
-def dispatch(run: RunDir, ledger: Ledger, make_slots) -> int:
-    """Run every unit not yet done; return the number of slots used. `make_slots(work)` builds
-    the slots for `work` known items."""
+def dispatch(run: RunDir, ledger: Ledger, make_slots) -> Slots:
+    """Run every unit not yet done; return the slots, still open: the caller shuts them down
+    (closing their W&B runs) while it writes the study's outputs. `make_slots(work)` builds (or
+    hands over warm) slots for `work` known items."""
     G, res = ledger.G, ledger.cfg.resources
     queue = WorkQueue(run, list(ledger.specs), G)
     slots: Slots = make_slots(queue.size)
@@ -97,6 +98,7 @@ def dispatch(run: RunDir, ledger: Ledger, make_slots) -> int:
             busy = {v[0] for v in inflight.values()}
             for idle in [h for h in range(slots.size) if h not in busy]:
                 assign(idle)  # lineages that just became ready (a generation 0 finished, a backoff ran out)
-    finally:
+    except BaseException:
         slots.shutdown()
-    return slots.size
+        raise
+    return slots

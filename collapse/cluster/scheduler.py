@@ -4,9 +4,13 @@ finds) it and watches the run directory, so the driver can die (a closed laptop,
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 from ..core.rundir import RunDir
 from .dispatch import dispatch
 from .progress import Ledger, ProgressView, console, log_study_run
+from .queue import WorkQueue
 from .slots import RaySlots
 from .worker import catch_up_tracking, setup_worker_logging
 
@@ -22,48 +26,114 @@ class StudyScheduler:
     def __init__(self, run_dir: str, uid: str):
         setup_worker_logging(run_dir, "scheduler")
         self.run_dir, self.uid = run_dir, uid
+        self.slots: RaySlots | None = None
+        self._wrap_up: threading.Thread | None = None
+
+    def warm(self) -> int:
+        """Create the lineage actors now: they import torch and the pipeline while the driver
+        prepares the data, so the first unit starts on a warm actor. Returns the pool size."""
+        if self.slots is None:
+            run = RunDir(self.run_dir)
+            cfg = run.load_config()
+            work = WorkQueue(run, run.lineages(cfg), cfg.study.generations).size
+            self.slots = RaySlots(str(run.root), self.uid, cfg, work)
+        return self.slots.size
+
+    def _take_slots(self, cfg, work: int) -> RaySlots:
+        slots, self.slots = self.slots, None
+        if slots is None or slots.size != min(slots.cap, work):
+            if slots is not None:
+                slots.shutdown()
+            slots = RaySlots(self.run_dir, self.uid, cfg, work)
+        return slots
 
     def run(self) -> dict:
-        """Run every unit not yet done; return {failed, slots, rows}. Calls queue up behind a
-        running one, so a re-attached driver's call returns when the study is finished."""
+        """Run every unit not yet done; return {failed, slots} once metrics.jsonl holds every row.
+        The wrap-up (closing the actors' W&B runs, the study-level W&B run) continues in this actor
+        while the driver writes the report; `wait_wrap_up` joins it. Calls queue up behind a running
+        one, so a re-attached driver's call returns when the study is finished."""
+        if self._wrap_up is not None:
+            self._wrap_up.join()
         run = RunDir(self.run_dir)
         cfg = run.load_config()
         ledger = Ledger(run, cfg, run.lineages(cfg), ProgressView(cfg.study.generations, enabled=False))
-        slots = dispatch(run, ledger, lambda work: RaySlots(str(run.root), self.uid, cfg, work))
-        catch_up_tracking(self.run_dir, self.uid, [s.name for s in ledger.specs], cfg.study.generations)
+        slots = dispatch(run, ledger, lambda work: self._take_slots(cfg, work))
         rows = ledger.rebuild_metrics()  # with the lineages a search added
-        log_study_run(run, cfg, rows, self.uid)
-        return {"failed": ledger.failed, "slots": slots}
+
+        def wrap_up() -> None:
+            slots.shutdown()
+            catch_up_tracking(self.run_dir, self.uid, [s.name for s in ledger.specs], cfg.study.generations)
+            log_study_run(run, cfg, rows, self.uid)
+
+        self._wrap_up = threading.Thread(target=wrap_up, name="collapse-wrap-up")
+        self._wrap_up.start()
+        return {"failed": ledger.failed, "slots": slots.size}
+
+    def wait_wrap_up(self) -> None:
+        if self._wrap_up is not None:
+            self._wrap_up.join()
 
 
-def drive_scheduler(run: RunDir, generations: int, uid: str, max_restarts: int = 3) -> dict:
-    """Find or start the study's scheduler, watch the run dir until it is done, then stop it."""
+_started: dict[str, object] = {}  # uid -> the scheduler this process started
+
+
+def start_scheduler(run: RunDir, uid: str):
+    """Find the study's running scheduler, or start one and have it create (warm) its lineage actors."""
     import ray
-    from ray.exceptions import RayActorError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     name = scheduler_name(uid)
+    try:
+        sched = ray.get_actor(name, namespace=SCHEDULER_NAMESPACE)
+        if _started.get(uid) is None:
+            console.print(f"attached to the study's running scheduler ({name})")
+        return sched
+    except ValueError:
+        pass
+    # On the head node, which holds the cluster's state and outlives worker nodes (the driver may be
+    # attached to any node); next to the driver where there is no head marker.
+    options = dict(name=name, namespace=SCHEDULER_NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=0)
+    if HEAD_RESOURCE in ray.cluster_resources():
+        options["resources"] = {HEAD_RESOURCE: 0.001}
+    else:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=True
+        )
+    sched = ray.remote(StudyScheduler).options(**options).remote(str(run.root), uid)
+    sched.warm.remote()
+    _started[uid] = sched
+    return sched
+
+
+def stop_scheduler(uid: str) -> None:
+    """Kill the study's scheduler (and so its lineage actors), if one runs."""
+    import ray
+
+    try:
+        ray.kill(ray.get_actor(scheduler_name(uid), namespace=SCHEDULER_NAMESPACE))
+    except ValueError:
+        pass
+
+
+def drive_scheduler(
+    run: RunDir, generations: int, uid: str, while_wrapping_up: Callable[[dict], None], max_restarts: int = 3
+) -> dict:
+    """Start (or find) the study's scheduler, watch the run dir until its units are done, call
+    `while_wrapping_up(outcome)` while the scheduler closes its actors, then stop it."""
+    import ray
+    from ray.exceptions import RayActorError
+
     restarts = 0
     seen_events = len(run.events())
+    sched = start_scheduler(run, uid)  # a no-op when the driver already started it
     while True:
-        try:
-            sched = ray.get_actor(name, namespace=SCHEDULER_NAMESPACE)
-            console.print(f"attached to the study's running scheduler ({name})")
-        except ValueError:
-            # On the head node, which holds the cluster's state and outlives worker nodes (the
-            # driver may be attached to any node); next to the driver where there is no head marker.
-            options = dict(name=name, namespace=SCHEDULER_NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=0)
-            if HEAD_RESOURCE in ray.cluster_resources():
-                options["resources"] = {HEAD_RESOURCE: 0.001}
-            else:
-                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                    node_id=ray.get_runtime_context().get_node_id(), soft=True
-                )
-            sched = ray.remote(StudyScheduler).options(**options).remote(str(run.root), uid)
         ref = sched.run.remote()
         try:
             seen_events = _watch(run, generations, ref, seen_events)
             outcome = ray.get(ref)
+            wrap_up = sched.wait_wrap_up.remote()
+            while_wrapping_up(outcome)
+            ray.get(wrap_up)
             break
         except RayActorError as exc:
             restarts += 1
@@ -73,6 +143,7 @@ def drive_scheduler(run: RunDir, generations: int, uid: str, max_restarts: int =
                 f"[yellow]the scheduler was lost ({type(exc).__name__}); starting a new one (progress is on "
                 "disk)[/yellow]"
             )
+            sched = start_scheduler(run, uid)
     ray.kill(sched)  # detached: it would outlive the study otherwise
     return outcome
 

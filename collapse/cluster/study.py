@@ -8,6 +8,8 @@ dir, so the driver can be killed at any moment and `collapse resume` picks up fr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..core.rundir import LOGS_DIR, RunDir
@@ -15,8 +17,8 @@ from ..core.storage import after_write
 from ..pipeline.prepare import prepare
 from .dispatch import dispatch
 from .progress import Ledger, ProgressView, log_study_run
-from .scheduler import drive_scheduler
-from .slots import InProcessSlots, init_ray
+from .scheduler import drive_scheduler, start_scheduler, stop_scheduler
+from .slots import InProcessSlots, ProcessSlots, init_ray, preload_modules, warm_up
 from .worker import catch_up_tracking
 
 
@@ -25,44 +27,129 @@ class StudyResult:
     rows: list[dict]
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    slots: int = 1
 
 
 def run_study(
-    run: RunDir, local: bool = False, address: str | None = None, num_cpus: int | None = None, dashboard: bool = False
+    run: RunDir,
+    local: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dashboard: bool = False,
+    report: Callable[[StudyResult], None] | None = None,
+    ray: bool = False,
 ) -> StudyResult:
+    """Run the study; `report(result)` (plot, report.md) runs as soon as every row is in, while the
+    lineages' W&B runs close. Where units run (`executor`): in this process (`local`, for pdb), in
+    worker processes of this machine, or on Ray (a cluster, or wherever DeepSpeed's worker groups,
+    GPUs or the dashboard need it; `ray=True` asks for it on one machine). Start-up overlaps data
+    preparation with the workers' imports (and with Ray's start)."""
     cfg = run.load_config()
     uid = run.manifest()["uid"]
+    executor = "local" if local else ("ray" if ray or needs_ray(cfg, address, dashboard) else "processes")
     t0 = time.perf_counter()
-    prepare(run, cfg)  # leftovers of interrupted writes are cleaned per unit, under its lock
-    specs = run.lineages(cfg)
-    for s in specs:
-        run.clear_failed(s.name)
     started = time.time()
-    if local:
-        with ProgressView(cfg.study.generations) as view:
-            ledger = Ledger(run, cfg, specs, view)
-            slots = dispatch(run, ledger, lambda work: InProcessSlots(str(run.root), uid))
-        catch_up_tracking(str(run.root), uid, [s.name for s in ledger.specs], cfg.study.generations)
-        failed = ledger.failed
-        rows = ledger.rebuild_metrics()  # with the lineages a search added
-        log_study_run(run, cfg, rows, uid)
-    else:
+    timeline = Timeline()
+    result = StudyResult([])
+
+    def finish(failed: dict[str, str], rows: list[dict]) -> None:
+        result.rows, result.failed = rows, failed
+        timeline.mark("rows")
+        if report is not None:
+            report(result)
+            timeline.mark("report")
+
+    if executor == "ray":
+        # Ray's start and the scheduler's lineage actors (their imports) overlap data preparation.
+        preparing = ThreadPoolExecutor(1).submit(prepare, run, cfg)
         init_ray(address, num_cpus, dashboard)
-        outcome = drive_scheduler(run, cfg.study.generations, uid)
-        failed, slots = outcome["failed"], outcome["slots"]
-        rows = run.rebuild_metrics([s.name for s in run.lineages(cfg)], cfg.study.generations)
+        timeline.mark("ray")
+        try:
+            start_scheduler(run, uid)
+            preparing.result()  # its errors (bad data: one line, exit 2) surface here
+        except BaseException:
+            stop_scheduler(uid)
+            raise
+        timeline.mark("prepared")
+        _clear_failed(run, cfg)
+
+        def wrapping_up(outcome: dict) -> None:
+            result.slots = outcome["slots"]
+            finish(outcome["failed"], run.rebuild_metrics([s.name for s in run.lineages(cfg)], cfg.study.generations))
+
+        drive_scheduler(run, cfg.study.generations, uid, wrapping_up)
+    else:
+        if executor == "processes":
+            warm_up(preload_modules(cfg))  # the workers' forkserver imports while this process prepares the data
+        prepare(run, cfg)  # leftovers of interrupted writes are cleaned per unit, under its lock
+        timeline.mark("prepared")
+        _clear_failed(run, cfg)
+        if executor == "local":
+            make_slots = lambda work: InProcessSlots(str(run.root), uid)  # noqa: E731
+        else:
+            make_slots = lambda work: ProcessSlots(str(run.root), uid, cfg, work, num_cpus)  # noqa: E731
+        with ProgressView(cfg.study.generations) as view:
+            ledger = Ledger(run, cfg, run.lineages(cfg), view)
+            slots = dispatch(run, ledger, make_slots)
+        result.slots = slots.size
+        slots.close()  # workers close their W&B runs while the report is drawn
+        rows = ledger.rebuild_metrics()  # with the lineages a search added
+        # The study-level W&B run: in a process of its own beside the report (a core each), or here.
+        summary = warm_up().Process(target=log_study_run, args=(run, cfg, rows, uid)) if executor != "local" else None
+        if summary is not None:
+            summary.start()
+        finish(ledger.failed, rows)
+        slots.shutdown()
+        catch_up_tracking(str(run.root), uid, [s.name for s in ledger.specs], cfg.study.generations)
+        if summary is None:
+            log_study_run(run, cfg, rows, uid)
+        else:
+            summary.join()
     _mirror_unmanaged(run)
-    seconds = time.perf_counter() - t0
+    result.seconds = time.perf_counter() - t0
+    timeline.mark("end")
     run.log_session(
         {
             "started": started,
-            "seconds": seconds,
-            "mode": "local" if local else "ray",
-            "slots": slots,
-            "failed": sorted(failed),
+            "seconds": result.seconds,
+            "mode": executor,
+            "slots": result.slots,
+            "failed": sorted(result.failed),
+            "timeline": {"origin": timeline.origin, **timeline.seconds},
         }
     )
-    return StudyResult(rows, failed, seconds)
+    return result
+
+
+def needs_ray(cfg, address: str | None, dashboard: bool) -> bool:
+    """Ray when the study asks for more than one machine's worker processes give: a cluster, the
+    dashboard, DeepSpeed worker groups (Ray placement groups), GPUs to hand out, or a Ray session
+    this process already holds (a notebook, the tests)."""
+    import sys
+
+    if address or dashboard or cfg.train.engine == "deepspeed" or cfg.resources.gpu > 0:
+        return True
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _clear_failed(run: RunDir, cfg) -> None:
+    for s in run.lineages(cfg):
+        run.clear_failed(s.name)
+
+
+class Timeline:
+    """Seconds from the process start to each named point: where a study's fixed cost goes
+    (`benchmarks.startup` prints it)."""
+
+    def __init__(self):
+        import psutil
+
+        self.origin = psutil.Process().create_time()
+        self.seconds: dict[str, float] = {"process": 0.0}
+        self.mark("driver_ready")
+
+    def mark(self, name: str) -> None:
+        self.seconds[name] = round(time.time() - self.origin, 3)
 
 
 def _mirror_unmanaged(run: RunDir) -> None:

@@ -16,6 +16,7 @@ A unit is done iff its DONE marker exists, and everything it vouches for was wri
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -94,6 +95,7 @@ class Snapshot:
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._config: tuple[tuple, Config] | None = None  # (study.yaml's stat, parsed config)
 
     # -- layout ----------------------------------------------------------------------------------
     @property
@@ -146,9 +148,14 @@ class RunDir:
         write_text_atomic(self.root / STUDY_FILE, dump_config(cfg))
 
     def load_config(self) -> Config:
+        """study.yaml, parsed once per version of the file (the driver's board asks every second)."""
         if not self.exists():
             raise ConfigError(f"{self.root}: no {STUDY_FILE} here; is this a run directory made by `collapse run`?")
-        return load_config(self.root / STUDY_FILE)
+        stat = (self.root / STUDY_FILE).stat()
+        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._config is None or self._config[0] != key:
+            self._config = (key, load_config(self.root / STUDY_FILE))
+        return copy.deepcopy(self._config[1])  # callers may change their copy (resume --generations)
 
     def manifest(self) -> dict:
         path = self.root / MANIFEST_FILE

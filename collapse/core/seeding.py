@@ -10,7 +10,6 @@ import hashlib
 import random
 
 import numpy as np
-import torch
 
 
 def derive_seed(*parts: object) -> int:
@@ -24,6 +23,8 @@ def numpy_rng(*parts: object) -> np.random.Generator:
 
 def seed_everything(*parts: object) -> int:
     """Seed Python, NumPy and torch global RNGs (for library code that uses them implicitly)."""
+    import torch  # here, not at the top: the driver and the scheduler plan seeds without loading torch
+
     seed = derive_seed(*parts)
     random.seed(seed)
     np.random.seed(seed % (1 << 32))

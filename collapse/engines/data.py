@@ -191,3 +191,16 @@ def build_training_set(
     for s in sources:
         counts[s] = counts.get(s, 0) + 1
     return TrainingSet(all_rows, sources, counts)
+
+
+def eval_subset(eval_pool: np.ndarray, max_sequences: int) -> np.ndarray:
+    """A fixed, evenly spread subset of the held-out pool (the same for every lineage)."""
+    if max_sequences == 0 or len(eval_pool) <= max_sequences:
+        return np.asarray(eval_pool)
+    idx = np.linspace(0, len(eval_pool) - 1, max_sequences).round().astype(int)
+    return np.asarray(eval_pool[idx])
+
+
+def reference_rows(eval_pool: np.ndarray, n: int) -> np.ndarray:
+    """Real sequences matching the sample set in count, for size-fair diversity references."""
+    return eval_subset(eval_pool, n)

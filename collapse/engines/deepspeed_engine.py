@@ -21,10 +21,21 @@ import torch.distributed as dist
 
 from ..core.checkpoint import read_json, remove_tree, replace_dir, write_json_atomic
 from ..core.config import TrainConfig
-from .environment import resolve_deepspeed_config
+from .environment import resolve_deepspeed_config, tell_deepspeed_the_accelerator
 from .torch_engine import STEP_DIR, STEP_DONE, TrainResult, latest_checkpoint, make_optimizer, run_steps, total_steps
 
 log = logging.getLogger(__name__)
+
+
+def import_deepspeed():
+    """deepspeed, told which accelerator it gets (it warns when it guesses, and on a CPU-only
+    machine with a CUDA build of torch it guesses wrong)."""
+    tell_deepspeed_the_accelerator()
+    import deepspeed
+
+    return deepspeed
+
+
 TAG = "ckpt"
 
 
@@ -62,7 +73,7 @@ class DeepSpeedEngine:
         self, model: torch.nn.Module, rows: np.ndarray, seed_parts: tuple, ckpt_root: Path
     ) -> tuple[TrainResult, dict | None]:
         """Train on this rank. Returns the result and, on rank 0, the consolidated fp32 state dict."""
-        import deepspeed
+        deepspeed = import_deepspeed()
 
         cfg, t0 = self.cfg, time.perf_counter()
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -131,7 +142,7 @@ class DeepSpeedEngine:
         """Full fp32 weights on rank 0 (ZeRO-3 gathers the partitioned parameters first)."""
         module = engine.module
         if ds_cfg.get("zero_optimization", {}).get("stage", 0) == 3:
-            import deepspeed
+            deepspeed = import_deepspeed()
 
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 state = (

@@ -8,6 +8,7 @@ run / resume / validate`), not for every lineage a plan expands.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from ..core.config import Config, ConfigError
@@ -61,3 +62,12 @@ def check_environment(cfg: Config) -> None:
             "data.source",
             f"path not found: {cfg.data.source} (use `austen` or a local path)",
         )
+
+
+def tell_deepspeed_the_accelerator() -> None:
+    """DeepSpeed (imported by accelerate too) guesses its accelerator and warns; on a CPU-only
+    machine with a CUDA build of torch it guesses wrong. Say it, before anything imports it."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"

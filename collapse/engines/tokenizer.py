@@ -4,12 +4,18 @@ tokenizer of a `base` model."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from ..core.checkpoint import write_dir_atomic
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+# transformers is imported inside the functions that build tokenizers: `eos_token_id` (the report)
+# and the driver's planning stay free of its ~2 s import.
 
 EOS = "<|endoftext|>"
 
@@ -25,6 +31,8 @@ def train_bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     for t in texts:
         digest.update(hashlib.sha256(t.encode()).digest())
     cached = cache_dir() / "tokenizers" / digest.hexdigest()[:16]
+    from transformers import PreTrainedTokenizerFast
+
     if (cached / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(cached))
 
@@ -46,9 +54,24 @@ def train_bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.eos_token is None:
         raise ValueError(f"tokenizer at {path} has no EOS token; collapse needs one as document separator")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def eos_token_id(path: str | Path) -> int | None:
+    """The EOS id of a saved tokenizer, read from its files with the `tokenizers` library alone."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() or not (path / "tokenizer_config.json").is_file():
+        return None
+    eos = json.loads((path / "tokenizer_config.json").read_text()).get("eos_token")
+    if isinstance(eos, dict):  # older transformers wrote AddedToken dicts
+        eos = eos.get("content")
+    return None if eos is None else Tokenizer.from_file(str(path / "tokenizer.json")).token_to_id(eos)

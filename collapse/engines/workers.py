@@ -21,7 +21,7 @@ import torch
 
 from ..core.checkpoint import exclusive
 from ..core.config import ModelConfig, TrainConfig
-from .deepspeed_engine import DeepSpeedEngine
+from .deepspeed_engine import DeepSpeedEngine, import_deepspeed
 from .model import WEIGHTS_FILE, build_model, load_model, save_model_dir
 from .samplers import build_sampler
 from .tokenizer import load_tokenizer
@@ -53,8 +53,9 @@ def _free_port() -> int:
 
 
 def _init_process_group(rank: int, world: int, addr: str, port: int) -> None:
-    import deepspeed
     import torch.distributed as dist
+
+    deepspeed = import_deepspeed()
 
     if dist.is_initialized():
         return
@@ -71,7 +72,6 @@ class TrainWorker:
     def __init__(self, rank: int, world: int, threads: int):
         self.rank, self.world = rank, world
         torch.set_num_threads(threads)
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         if torch.cuda.is_available():
             torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
 

@@ -38,23 +38,17 @@ def _offline_defaults() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
-def _execution_defaults() -> None:
-    """For the commands that train: say which accelerator DeepSpeed gets (it warns when it guesses)."""
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
-
-        if not torch.cuda.is_available():
-            os.environ["DS_ACCELERATOR"] = "cpu"
-
-
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
 
 
 def _add_exec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--local", action="store_true", help="run in this process without Ray (for pdb)")
+    p.add_argument("--local", action="store_true", help="run in this process, one unit at a time (for pdb)")
     p.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance (default: all)")
+    p.add_argument(
+        "--ray", action="store_true", help="use a local Ray instance on one machine (default there: worker processes)"
+    )
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs to use on this machine (default: all)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
 
 
@@ -137,16 +131,20 @@ def _load_checked(path: str, overrides: list[str]):
 
 
 def _execute(run_dir: Path, args) -> int:
-    _execution_defaults()
     from ..cluster.study import run_study
     from ..core.rundir import RunDir
     from ..core.storage import remote_uri
     from .report import print_table, write_report
 
     result = run_study(
-        RunDir(run_dir), local=args.local, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard
+        RunDir(run_dir),
+        local=args.local,
+        address=args.address,
+        ray=args.ray,
+        num_cpus=args.num_cpus,
+        dashboard=args.dashboard,
+        report=lambda result: write_report(run_dir, result.failed, result.rows),
     )
-    write_report(run_dir, result.failed)
     print_table(result.rows)
     where = remote_uri(run_dir) or str(run_dir)  # what the user typed, not the local cache
     _console().print(
@@ -192,7 +190,7 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     """`run` on an existing cluster: the driver joins it, lineage actors spread over its nodes."""
-    args.local, args.num_cpus = False, None
+    args.local, args.num_cpus, args.ray = False, None, True
     return cmd_run(args)
 
 

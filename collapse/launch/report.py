@@ -17,9 +17,9 @@ from ..core.metrics import sample_metrics
 from ..core.rundir import PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
 from ..core.stats import first_detection
 from ..core.tracking import wandb_group
-from ..engines.evaluation import reference_rows
+from ..engines.data import reference_rows
 from ..engines.families import plotted_metrics as panels
-from ..engines.tokenizer import load_tokenizer
+from ..engines.tokenizer import eos_token_id
 
 TABLE_KEYS = (
     M.PPL_REAL,
@@ -84,15 +84,7 @@ def real_reference(root: Path) -> dict[str, float]:
     if not eval_pool.is_file() or RunDir(root).load_config().model.family != "lm":
         return {}
     ref = reference_rows(np.load(eval_pool, mmap_mode="r"), RunDir(root).load_config().eval.num_samples)
-    eos = _eos_id(root)
-    return sample_metrics(ref, ref, eos)
-
-
-def _eos_id(root: Path) -> int | None:
-    tok_dir = RunDir(root).tokenizer_dir
-    if not (tok_dir / "tokenizer.json").is_file():
-        return None
-    return load_tokenizer(tok_dir).eos_token_id
+    return sample_metrics(ref, ref, eos_token_id(RunDir(root).tokenizer_dir))
 
 
 # A real-text reference line is drawn where it says something: for metrics that compare the samples
@@ -186,6 +178,7 @@ def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None
     for fmt in FIGURE_FORMATS:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=300 if fmt == "png" else None)
+        fig.set_layout_engine("none")  # laid out by the first save: the others reuse it (half the time)
         target = path.with_suffix(f".{fmt}")
         write_bytes_atomic(target, buf.getvalue())
         written.append(target)
@@ -439,10 +432,11 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def write_report(root: str | Path, failed: dict[str, str] | None = None) -> list[dict]:
+def write_report(root: str | Path, failed: dict[str, str] | None = None, rows: list[dict] | None = None) -> list[dict]:
+    """The plot and report.md; `rows`: metrics.jsonl's rows when the caller has them in memory."""
     root = Path(root)
     run = RunDir(root)
-    rows = read_metrics(root)
+    rows = read_metrics(root) if rows is None else rows
     name = run.load_config().study.name
     reference = real_reference(root)
     if rows:

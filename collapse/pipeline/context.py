@@ -14,8 +14,7 @@ from ..core.config import Config
 from ..core.metrics import bigram_table, frequency_buckets, rare_bigram_mask
 from ..core.plan import LineageSpec
 from ..core.rundir import CORPUS_DIR, MODEL_DIR, RunDir
-from ..engines.data import RealData
-from ..engines.evaluation import eval_subset
+from ..engines.data import RealData, eval_subset
 from ..engines.model import load_model
 from ..engines.sampling import load_corpus_rows
 from ..engines.tokenizer import load_tokenizer

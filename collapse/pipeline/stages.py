@@ -25,8 +25,8 @@ from ..core.config import Config
 from ..core.plan import LineageSpec, rows_per_generation
 from ..core.rundir import CORPUS_DIR, CORPUS_DONE, MODEL_DIR, TRAIN_META, TRAIN_ROWS, TRAIN_STATE
 from ..core.seeding import derive_seed, seed_everything
-from ..engines.data import build_training_set
-from ..engines.evaluation import evaluate_real, evaluate_samples, gen0_perplexity, reference_rows, token_nll
+from ..engines.data import build_training_set, reference_rows
+from ..engines.evaluation import evaluate_real, evaluate_samples, gen0_perplexity, token_nll
 from ..engines.mitigation import apply_filter, verified_order, watermark_for
 from ..engines.model import count_parameters, load_model
 from ..engines.samplers import build_sampler
@@ -43,7 +43,7 @@ def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
     torch.set_num_threads(cfg.resources.cpu)
     seed_everything(ctx.cfg.study.seed, unit.label, k)  # for any library code drawing from global RNGs
     t0 = time.perf_counter()
-    timing: dict[str, float] = {}
+    timing: dict[str, float] = {"started_at": time.time()}  # wall clock: a study's timeline across processes
     watermark = watermark_for(cfg, ctx.cfg.study.seed)
     sampler = choose_sampler(ctx, cfg, out)
     if not is_done(out, TRAIN_META):
@@ -68,6 +68,7 @@ def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
         **train_meta.get("mitigation", {}),
     }
     row = metrics_row(spec, k, metrics, train_meta["training_set"], time.perf_counter() - t0, extra)
+    timing["finished_at"] = time.time()
     return commit(out, row, timing)
 
 
