@@ -12,11 +12,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..core.rundir import LOGS_DIR, RunDir
+from ..core.rundir import LOGS_DIR, UNIT_METRICS, RunDir
 from ..core.storage import after_write
 from ..pipeline.prepare import prepare
 from .dispatch import dispatch
-from .progress import Ledger, ProgressView, log_study_run
+from .progress import Ledger, ProgressView, console, log_study_run
 from .scheduler import drive_scheduler, start_scheduler, stop_scheduler
 from .slots import InProcessSlots, ProcessSlots, init_ray, preload_modules, warm_up
 from .worker import catch_up_tracking
@@ -46,6 +46,7 @@ def run_study(
     preparation with the workers' imports (and with Ray's start)."""
     cfg = run.load_config()
     uid = run.manifest()["uid"]
+    _redo_damaged(run, cfg)
     executor = "local" if local else ("ray" if ray or needs_ray(cfg, address, dashboard) else "processes")
     t0 = time.perf_counter()
     started = time.time()
@@ -130,6 +131,15 @@ def needs_ray(cfg, address: str | None, dashboard: bool) -> bool:
     if address or dashboard or cfg.train.engine == "deepspeed" or cfg.resources.gpu > 0:
         return True
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _redo_damaged(run: RunDir, cfg) -> None:
+    """A finished unit whose row is damaged is said in one line and redone (it is deterministic)."""
+    for unit_dir, problem in run.damaged_units(run.lineages(cfg), cfg.study.generations):
+        where = unit_dir.relative_to(run.root)
+        console.print(f"[yellow]{where}/{UNIT_METRICS} {problem}: redoing that unit[/yellow]", soft_wrap=True)
+        run.log_event({"event": "damaged", "unit": str(where), "problem": problem})
+        run.redo(unit_dir)
 
 
 def _clear_failed(run: RunDir, cfg) -> None:

@@ -80,6 +80,27 @@ def write_npy_atomic(path: str | Path, array) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+class _PlainWriter:
+    """Only `write`: numpy then writes through Python's file object, chunk by chunk."""
+
+    def __init__(self, f):
+        self.write = f.write
+
+
+def save_npy(path: str | Path, array) -> None:
+    """np.save, but a full disk raises OSError(ENOSPC) naming the file: numpy's own writer
+    (`tofile`) reports a bare short write without an errno. Streams; no copy of the array."""
+    import numpy as np
+
+    try:
+        with open(path, "wb") as f:
+            np.lib.format.write_array(_PlainWriter(f), np.asanyarray(array), allow_pickle=False)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
 def append_jsonl_atomic(path: str | Path, entry: dict) -> None:
     """Append one JSON line by rewriting the file atomically: readers never see half a line.
     For small logs (sessions, events, search decisions), not per-step data."""

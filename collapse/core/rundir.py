@@ -190,6 +190,33 @@ class RunDir:
             k += 1
         return k
 
+    def damaged_units(self, specs: list[LineageSpec], generations: int) -> list[tuple[Path, str]]:
+        """Finished units whose row (metrics.json) is missing or unreadable: a truncated or zeroed
+        file, a bad copy, a hand edit. (unit dir, what is wrong), cheap: only small JSON files are
+        read. A finished unit is deterministic, so `redo` plus a resume restores it exactly."""
+        dirs = {self.unit_dir(s.name, k) for s in specs for k in range(generations + 1)}
+        dirs |= {self.gen0_dir(s.gen0_key) for s in specs}
+        damaged = []
+        for d in sorted(dirs):
+            if not is_done(d, DONE):
+                continue
+            try:
+                ok = isinstance(read_json(d / UNIT_METRICS), dict)
+                problem = "" if ok else "is not a JSON object"
+            except FileNotFoundError:
+                problem = "is missing"
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+                problem = f"is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})"
+            if problem:
+                damaged.append((d, problem))
+        return damaged
+
+    def redo(self, unit_dir: Path) -> None:
+        """Forget that a unit finished (its row and DONE); its stages' markers stay, so a resume
+        reruns only what the row needs (evaluation, for a damaged row)."""
+        (unit_dir / DONE).unlink(missing_ok=True)
+        (unit_dir / UNIT_METRICS).unlink(missing_ok=True)
+
     def rows(self, lineages: list[str], generations: int) -> list[dict]:
         return [self.unit_row(name, k) for name in lineages for k in range(generations + 1) if self.unit_done(name, k)]
 

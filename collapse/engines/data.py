@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.checkpoint import write_dir_atomic, write_json_atomic
+from ..core.checkpoint import save_npy, write_dir_atomic, write_json_atomic
 from ..core.plan import synthetic_rows_needed
 from ..core.seeding import numpy_rng
 from .corpus import SPLITS, Document
@@ -57,7 +57,7 @@ def prepare_real_data(out_dir: Path, tokenizer, splits: dict[str, list[Document]
                 if splits[name]
                 else np.zeros((0, seq_len), TOKEN_DTYPE)
             )
-            np.save(tmp / f"{name}.npy", chunks)
+            save_npy(tmp / f"{name}.npy", chunks)
             stats[name] = {
                 "documents": len(splits[name]),
                 "sequences": int(chunks.shape[0]),
@@ -65,7 +65,7 @@ def prepare_real_data(out_dir: Path, tokenizer, splits: dict[str, list[Document]
             }
         train = np.load(tmp / "train.npy")
         counts = np.bincount(train.reshape(-1), minlength=len(tokenizer)).astype(np.int64)
-        np.save(tmp / "train_token_counts.npy", counts)
+        save_npy(tmp / "train_token_counts.npy", counts)
         write_json_atomic(tmp / "splits.json", {k: [d.id for d in v] for k, v in splits.items()})
         write_json_atomic(tmp / "stats.json", stats)
 

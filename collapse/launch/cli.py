@@ -11,6 +11,7 @@ Imports are lazy: `collapse --help` must not wait for torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -136,17 +137,26 @@ def _execute(run_dir: Path, args) -> int:
     from ..core.storage import remote_uri
     from .report import print_table, write_report
 
-    result = run_study(
-        RunDir(run_dir),
-        local=args.local,
-        address=args.address,
-        ray=args.ray,
-        num_cpus=args.num_cpus,
-        dashboard=args.dashboard,
-        report=lambda result: write_report(run_dir, result.failed, result.rows),
-    )
-    print_table(result.rows)
     where = remote_uri(run_dir) or str(run_dir)  # what the user typed, not the local cache
+    try:
+        result = run_study(
+            RunDir(run_dir),
+            local=args.local,
+            address=args.address,
+            ray=args.ray,
+            num_cpus=args.num_cpus,
+            dashboard=args.dashboard,
+            report=lambda result: write_report(run_dir, result.failed, result.rows),
+        )
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Outside any unit (data preparation, metrics.jsonl, the report): the same one line a unit's
+        # full disk gives. Every write is atomic, so nothing half-written is left to trust.
+        target = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror}{target}; free space, then `collapse resume {where}`", file=sys.stderr)
+        return EXIT_FAILED
+    print_table(result.rows)
     _console().print(
         f"study finished in {result.seconds:.0f}s: {len(result.rows)} rows in {where}/metrics.jsonl, plot "
         f"{where}/collapse_curves.png",
@@ -226,7 +236,15 @@ def cmd_report(args) -> int:
     from .report import print_table, write_report
 
     run_dir = local_run_dir(args.dir, metadata_only=True)  # a URI: its metrics and markers, fresh; no weights
-    RunDir(run_dir).load_config()
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    damaged = run.damaged_units(run.lineages(cfg), cfg.study.generations)
+    if damaged:  # metrics.jsonl would still hold the old row: say so instead of reporting it
+        unit_dir, problem = damaged[0]
+        more = f" (and {len(damaged) - 1} more units)" if len(damaged) > 1 else ""
+        raise ConfigError(
+            f"{unit_dir.relative_to(run.root)}/metrics.json {problem}{more}: `collapse resume {args.dir}` redoes it"
+        )
     rows = write_report(run_dir)
     print_table(rows)
     _console().print(f"wrote {run_dir / PLOT_FILE} and {run_dir / REPORT_FILE}")

@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from ..core import metrics as M
-from ..core.checkpoint import is_done, mark_done, read_json, write_dir_atomic, write_json_atomic, write_npy_atomic
+from ..core.checkpoint import (
+    is_done,
+    mark_done,
+    read_json,
+    save_npy,
+    write_dir_atomic,
+    write_json_atomic,
+    write_npy_atomic,
+)
 from ..core.plan import LineageSpec, gen0_key, lineage_name, rows_per_generation
 from ..core.rundir import CORPUS_DONE, THEORY_PARAMS, THEORY_SYNTHETIC, TRAIN_META
 from ..core.seeding import numpy_rng
@@ -36,10 +44,10 @@ def prepare_theory_data(out_dir: Path, cfg) -> None:
         truth = family.truth(cfg.theory, numpy_rng(seed, "theory", "truth"))
         train = family.sample(truth, cfg.theory.real_pool, numpy_rng(seed, "theory", "real-pool"))
         held_out = family.sample(truth, cfg.theory.eval_samples, numpy_rng(seed, "theory", "eval"))
-        np.save(tmp / "train.npy", train)
-        np.save(tmp / "eval.npy", held_out)
-        np.save(tmp / "prompt.npy", np.zeros((0, train.shape[1])))
-        np.save(tmp / "train_token_counts.npy", np.zeros(0, np.int64))
+        save_npy(tmp / "train.npy", train)
+        save_npy(tmp / "eval.npy", held_out)
+        save_npy(tmp / "prompt.npy", np.zeros((0, train.shape[1])))
+        save_npy(tmp / "train_token_counts.npy", np.zeros(0, np.int64))
         write_json_atomic(tmp / TRUTH, {"family": family.name, **truth})
         write_json_atomic(
             tmp / "stats.json",
