@@ -103,6 +103,11 @@ def popen_study(cmd: list[str]):
     return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
+def without_timings(rows: list[dict]) -> list[dict]:
+    """Metrics rows minus wall_s: what must be equal between runs of one study."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
 def wait_for(predicate, proc, timeout: float = 240.0) -> bool:
     """Poll `predicate` until it holds (True), `proc` exits or `timeout` passes (False)."""
     import time

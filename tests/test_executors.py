@@ -12,15 +12,11 @@ import psutil
 from collapse.core.rundir import RunDir, read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CLI, CONFIGS, popen_study, set_args, tiny_overrides, wait_for
+from .conftest import CLI, CONFIGS, popen_study, set_args, tiny_overrides, wait_for, without_timings
 
 GRID = {"grid.contamination": [0.0, 1.0], "study.generations": 2, "train.checkpoint_every": 1}
 # Generations long enough (32 steps) that a signal lands mid-training, not after the study.
 LONGER = {**GRID, "data.tokens_per_generation": 16384, "train.checkpoint_every": 4}
-
-
-def _strip(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
 
 def _run_cmd(out, overrides) -> list[str]:
@@ -80,7 +76,7 @@ def test_worker_processes_run_lineages_in_parallel_with_the_in_process_results(s
     out = tmp_path / "procs"
     proc = popen_study(_run_cmd(out, overrides))
     assert proc.wait(timeout=400) == 0
-    assert _strip(read_metrics(out)) == _strip(read_metrics(ref))
+    assert without_timings(read_metrics(out)) == without_timings(read_metrics(ref))
     session = RunDir(out).sessions()[-1]
     assert session["mode"] == "processes" and session["slots"] == 2
     units = [u for u in session["timeline"] if u != "origin"]
@@ -105,7 +101,7 @@ def test_a_killed_worker_process_is_retried_from_its_checkpoint(small_corpus, tm
     finally:
         for q in _session(proc):
             q.kill()
-    assert _strip(read_metrics(out)) == _strip(read_metrics(ref))
+    assert without_timings(read_metrics(out)) == without_timings(read_metrics(ref))
     retries = [e for e in RunDir(out).events() if e["event"] == "retry"]
     assert retries and "WorkerLost" in retries[0]["error"]
 

@@ -12,7 +12,7 @@ import pytest
 from collapse.core.rundir import read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, set_args, tiny_overrides
+from .conftest import CONFIGS, set_args, tiny_overrides, without_timings
 
 
 @pytest.fixture
@@ -53,8 +53,7 @@ def test_disk_full_while_preparing_data_is_one_line_then_resume_is_exact(
 
     grow()
     assert main(["resume", str(out), "--local"]) == 0
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(out)) == strip(read_metrics(ref))
+    assert without_timings(read_metrics(out)) == without_timings(read_metrics(ref))
 
 
 def test_a_truncated_row_of_a_finished_unit_is_named_and_the_unit_redone(small_corpus, tmp_path, capsys):
@@ -77,7 +76,6 @@ def test_a_truncated_row_of_a_finished_unit_is_named_and_the_unit_redone(small_c
     assert main(["resume", str(out), "--local"]) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "redoing that unit" in line]
     assert len(said) == 1 and "c1.00-replace-s0/gen_001/metrics.json is not valid JSON" in said[0], said
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(out)) == strip(expected)
+    assert without_timings(read_metrics(out)) == without_timings(expected)
     assert (unit / "model" / "model.safetensors").stat().st_mtime_ns == weights  # not retrained
     assert main(["report", str(out)]) == 0

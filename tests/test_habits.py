@@ -16,12 +16,7 @@ import yaml
 from collapse.core.rundir import read_metrics
 from collapse.launch.cli import EXIT_CONFIG, main
 
-from .conftest import CLI, CONFIGS, REPO, set_args, tiny_overrides
-
-
-def _strip(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
-
+from .conftest import CLI, CONFIGS, REPO, set_args, tiny_overrides, without_timings
 
 # -- the command line --------------------------------------------------------------------------
 
@@ -127,7 +122,9 @@ def test_plain_log_lines_without_a_terminal_extend_a_study_and_load_every_genera
     overrides3 = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 3})
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(long_), "--local", *set_args(overrides3)]) == 0
     key = lambda r: (r["lineage"], r["generation"])  # noqa: E731
-    assert sorted(_strip(read_metrics(short)), key=key) == sorted(_strip(read_metrics(long_)), key=key)
+    assert sorted(without_timings(read_metrics(short)), key=key) == sorted(
+        without_timings(read_metrics(long_)), key=key
+    )
     assert main(["resume", str(short), "--generations", "2", "--local"]) == EXIT_CONFIG  # no shortening
 
     # every generation's directory loads like a Hugging Face model; the tokenizer knows the length

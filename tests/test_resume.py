@@ -13,7 +13,7 @@ import pytest
 from collapse.core.rundir import read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides, wait_for
+from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides, wait_for, without_timings
 
 OVERRIDES = {
     "grid.contamination": [0.5, 1.0],
@@ -23,10 +23,6 @@ OVERRIDES = {
     "train.checkpoint_every": 2,
     "data.tokens_per_generation": 4096,
 }
-
-
-def _strip(rows):
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
 
 def _cmd(out: Path, overrides) -> list[str]:
@@ -46,7 +42,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
     overrides = tiny_overrides(small_corpus, **OVERRIDES)
     ref = tmp_path / "ref"
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + set_args(overrides)) == 0
-    expected = _strip(read_metrics(ref))
+    expected = without_timings(read_metrics(ref))
     assert len(expected) == 4 * 4
 
     out = tmp_path / "killed"
@@ -64,7 +60,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
     assert len(list(lineages.glob("*/gen_003/DONE"))) < 4  # there was work left to resume
 
     assert main(["resume", str(out), "--local"]) == 0
-    got = _strip(read_metrics(out))
+    got = without_timings(read_metrics(out))
     assert got == expected
     resumed = [json.loads(p.read_text())["resumed_from_step"] for p in lineages.glob("*/gen_*/train.json")]
     assert max(resumed) > 0  # the first kill landed mid-training: that generation continued from a step checkpoint
@@ -89,7 +85,7 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
     )
     ref = tmp_path / "ref"
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + set_args(overrides)) == 0
-    expected = _strip(read_metrics(ref))
+    expected = without_timings(read_metrics(ref))
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
     doomed = cluster.add_node(num_cpus=1)
@@ -131,7 +127,7 @@ def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(sm
         cluster.shutdown()
     assert proc.returncode == 0, stderr[-3000:]
     assert "retry 1/" in " ".join(stderr.split())  # the lost unit was retried, not failed
-    assert _strip(read_metrics(out)) == expected
+    assert without_timings(read_metrics(out)) == expected
 
 
 @pytest.mark.ray
@@ -146,7 +142,7 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
     overrides = tiny_overrides(small_corpus, **OVERRIDES, **{"tracking.wandb": "disabled"})
     ref = tmp_path / "ref"
     assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ref), "--local"] + set_args(overrides)) == 0
-    expected = _strip(read_metrics(ref))
+    expected = without_timings(read_metrics(ref))
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
@@ -191,4 +187,4 @@ def test_driver_killed_the_scheduler_keeps_going_and_resume_reattaches(small_cor
         cluster.shutdown()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "attached to the study's running scheduler" in resumed.stderr
-    assert _strip(read_metrics(out)) == expected
+    assert without_timings(read_metrics(out)) == expected
