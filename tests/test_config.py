@@ -68,7 +68,7 @@ def test_generation0_shared_across_contamination_and_regime():
 
 BAD = [
     # (yaml text or None, overrides, expected fragment of the message)
-    ("study: {generations: 0}", [], "study.generations"),
+    ("study: {generations: -1}", [], "study.generations"),
     ("grid: {contamination: [1.5]}", [], "grid.contamination[0]"),
     ("grid: {regime: [replase]}", [], "grid.regime[0]"),
     ("grid: {seed: []}", [], "grid.seed"),
@@ -172,3 +172,11 @@ def test_readme_quickstart_matches_ci():
     ci = (CONFIGS.parent / ".ci" / "run").read_text()
     test_cmd = "bash launch/install.sh && .venv/bin/python -m pytest"
     assert test_cmd in readme and test_cmd in ci
+
+
+def test_fine_tuning_a_base_model_with_a_from_scratch_lr_is_warned():
+    base = {"model.init": "base", "model.base_path": "/models/smollm2"}
+    (warning,) = Config().replace(base).warnings()
+    assert warning.startswith("train.lr 0.003 is a from-scratch learning rate") and "5e-5" in warning
+    assert Config().replace({**base, "train.lr": 5e-5}).warnings() == []
+    assert Config().warnings() == []  # from scratch: the default is right

@@ -159,3 +159,108 @@ def test_shumailov_blocks_keep_only_the_continuation():
     _, _, new_keep = make_prompts(3, "prompted", 8, 3, 0, pool, ("p",), keep_prompt=True)
     assert new_keep == 5
     assert SampleConfig().keep_prompt
+
+
+def _wikitext_lines(prefix: str, articles: int) -> list[str]:
+    """Line rows as wikitext has them: a ` = Title = ` heading, blank lines, sub-headings, text."""
+    rows = []
+    for a in range(articles):
+        rows += [f" = {prefix} article {a} = \n", "", f" {prefix} {a} opens with a line of its own .\n"]
+        rows += [f" = = {prefix} section = = \n", f" {prefix} {a} body text , different per article {a} .\n"]
+    return rows
+
+
+def _wikitext_dir(tmp_path):
+    import datasets
+
+    dd = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict({"text": _wikitext_lines(name, n)})
+            for name, n in (("train", 6), ("validation", 3), ("test", 2))
+        }
+    )
+    path = tmp_path / "wikitext-like"
+    dd.save_to_disk(str(path))
+    return path
+
+
+def test_published_splits_are_respected_and_lines_joined_into_articles(tmp_path):
+    from collapse.core.config import Config
+    from collapse.engines.corpus import load_pools
+
+    source = str(_wikitext_dir(tmp_path))
+    cfg = Config().replace({"data.source": source, "data.join_lines": "wikitext", "data.prompt_fraction": 0.0})
+    pools = load_pools(cfg.data)
+    assert [len(pools[p]) for p in ("train", "eval", "prompt")] == [6, 3, 0]  # one document per article
+    assert all(d.text.startswith(" = ") and " = = " in d.text for d in pools["train"])  # sections stay inside
+    train_text = "".join(d.text for d in pools["train"])
+    assert not any(line in train_text for d in pools["eval"] for line in d.text.splitlines() if line.strip())
+    assert all("validation" in d.text for d in pools["eval"])  # the published held-out split, nothing else
+
+    mapped = cfg.data.__class__(
+        **{**cfg.data.__dict__, "splits": {"train": "train", "eval": "test", "prompt": "validation"}}
+    )
+    pools = load_pools(mapped)
+    assert [len(pools[p]) for p in ("train", "eval", "prompt")] == [6, 2, 3]
+
+    # without joining, each line is a document: held-out lines would be cut from their articles
+    lines = load_pools(Config().replace({"data.source": source}).data)
+    assert len(lines["eval"]) > 3
+
+
+def test_a_split_mapping_that_names_a_missing_split_is_one_line(tmp_path):
+    from collapse.core.config import Config, ConfigError
+    from collapse.engines.corpus import load_pools
+
+    source = str(_wikitext_dir(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"data.splits: eval -> `dev`, but .* has the splits \['test', 'train', 'validation'\]"
+    ):
+        load_pools(Config().replace({"data.source": source, "data.splits": {"train": "train", "eval": "dev"}}).data)
+    with pytest.raises(ConfigError, match="data.splits"):
+        Config().replace({"data.splits": {"train": "train"}})
+
+
+def _chat_tokenizer(tmp_path):
+    """A base model's tokenizer whose EOS is a chat-template token, as SmolLM2-Instruct's is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["Emma Woodhouse, handsome, clever, and rich."] * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>")
+    fast.save_pretrained(str(tmp_path / "base"))
+    return tmp_path / "base"
+
+
+def test_a_chat_eos_is_warned_and_data_separator_replaces_it(tmp_path, small_corpus):
+    from collapse.core.config import Config, ConfigError
+    from collapse.core.rundir import RunDir
+    from collapse.engines.tokenizer import eos_token_id, load_tokenizer, set_separator
+    from collapse.pipeline.prepare import prepare
+
+    base = _chat_tokenizer(tmp_path)
+    warning = set_separator(load_tokenizer(base), None)
+    assert (
+        warning.startswith("the tokenizer's EOS `<|im_end|>` is a chat-template token") and "data.separator" in warning
+    )
+    with pytest.raises(ConfigError, match=r"data.separator `<\|nope\|>` is not a token of the tokenizer"):
+        set_separator(load_tokenizer(base), "<|nope|>")
+
+    cfg = Config().replace(
+        {"data.source": str(small_corpus), "model.init": "base", "model.base_path": str(base), "data.seq_len": 32}
+    )
+    run = RunDir(tmp_path / "run")
+    prepare(run, cfg.replace({"data.separator": "<|endoftext|>"}))
+    tok = load_tokenizer(run.tokenizer_dir)
+    assert tok.eos_token == "<|endoftext|>" and eos_token_id(run.tokenizer_dir) == tok.convert_tokens_to_ids(
+        "<|endoftext|>"
+    )
+    pool = np.load(run.data_dir / "train.npy")
+    assert (pool == tok.eos_token_id).any() and not (pool == tok.convert_tokens_to_ids("<|im_end|>")).any()

@@ -219,3 +219,22 @@ def test_a_wandb_failure_is_a_warning_and_resume_catches_up(small_corpus, tmp_pa
     monkeypatch.setattr(worker, "build_tracker", real)
     assert main(["resume", str(out), "--local"]) == 0
     assert len(list(out.rglob("wandb_logged"))) == 2  # caught up
+
+
+def test_generation_zero_only_checks_a_model_then_extends_into_a_study(small_corpus, tmp_path):
+    """`study.generations: 0`: generation 0 alone (a base model's first fine-tune, a quick look),
+    no corpus sampled; `resume --generations 1` then samples it and runs generation 1."""
+    out = tmp_path / "gen0"
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 0})
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--local", *set_args(overrides)]) == 0
+    rows = read_metrics(out)
+    assert [r["generation"] for r in rows] == [0, 0]
+    assert not list(out.glob("shared/*/gen_000/synthetic"))  # nothing will read a corpus
+    assert main(["resume", str(out), "--generations", "1", "--local"]) == 0
+    extended = read_metrics(out)
+    assert sorted(r["generation"] for r in extended) == [0, 0, 1, 1]
+    assert without_timings([r for r in extended if r["generation"] == 0]) == without_timings(rows)
+    direct = tmp_path / "direct"  # the same study with generations 0..1 from the start
+    overrides = tiny_overrides(small_corpus, **{"grid.contamination": [0.0, 1.0], "study.generations": 1})
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(direct), "--local", *set_args(overrides)]) == 0
+    assert without_timings(extended) == without_timings(read_metrics(direct))

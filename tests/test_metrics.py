@@ -140,6 +140,21 @@ def test_knn_precision_recall_known_answers():
     assert knn_precision_recall(real, far) == (0.0, 0.0)
 
 
+def test_knn_from_gram_matrices_equals_the_pairwise_differences():
+    from collapse.engines.embeddings import knn_precision_recall
+
+    rng = np.random.default_rng(1)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    real, fake = unit(rng.normal(size=(120, 16))), unit(rng.normal(size=(90, 16)) + 0.3)
+
+    def brute(real, fake, k=3):  # the textbook definition, [n, n, d]
+        radii = lambda x: np.sort(np.linalg.norm(x[:, None] - x[None], axis=-1), axis=1)[:, k]  # noqa: E731
+        cross = np.linalg.norm(fake[:, None] - real[None], axis=-1)
+        return (cross <= radii(real)[None]).any(1).mean(), (cross.T <= radii(fake)[None]).any(1).mean()
+
+    assert knn_precision_recall(real, fake) == pytest.approx(brute(real, fake), abs=1 / 90)
+
+
 def test_mauve_separates_same_from_shifted_distributions():
     pytest.importorskip("mauve")
     from collapse.engines.embeddings import mauve_score
@@ -169,3 +184,60 @@ def test_next_token_concentration():
         model.lm_head.weight.zero_()
     s = score_tokens(model, np.random.default_rng(0).integers(0, 32, (4, 10)), 4)
     assert s.max_prob.mean() == pytest.approx(1 / 32, rel=1e-5) and s.entropy.mean() == pytest.approx(5.0, rel=1e-5)
+
+
+def test_a_metric_that_cannot_be_computed_is_absent_with_its_reason(monkeypatch, tmp_path):
+    """Never silently dropped: the reason goes to `absent`, and a study records it once as an event."""
+    from collapse.core.rundir import RunDir
+    from collapse.engines import embeddings
+    from collapse.pipeline.stages import note_absent
+
+    absent: dict = {}
+    assert embeddings.embedding_metrics(["only one sample"], absent=absent) == {}
+    assert set(absent) == set(embeddings.EMBEDDING_KEYS) and "needs at least 2" in absent[M.MAUVE]
+
+    monkeypatch.setattr(embeddings, "mauve_score", lambda real, fake: None)  # mauve-text not installed
+    absent = {}
+    row = embeddings.embedding_metrics(["a cat sat", "a dog ran", "the sun set"], 0, None, ["x y", "y z"], absent)
+    assert M.MAUVE not in row and M.KNN_RECALL in row and absent == {M.MAUVE: embeddings.MAUVE_MISSING}
+
+    run = RunDir(tmp_path)
+    note_absent(run, absent)
+    note_absent(run, absent)  # a second unit finding the same: no second event
+    assert [e["metric"] for e in run.events() if e["event"] == "absent"] == [M.MAUVE]
+
+
+def test_word_level_metrics_count_words_not_token_ids():
+    from collapse.engines.evaluation import word_ids
+
+    words = word_ids(["The cat sat.", "The cat sat.", "A dog, barking!"])
+    assert words[0] == words[1] and len(words[2]) == 5  # A dog , barking !
+    assert M.distinct_n(words, 1) == pytest.approx(9 / 13)  # The cat sat . A dog , barking !
+    bleu = M.self_bleu_per_row(words)
+    assert bleu[0] == pytest.approx(1.0) and bleu[2] < 0.2  # a copy scores 1; the odd one out near 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_streamed_scoring_equals_the_full_forward(arch, monkeypatch):
+    """Slices of positions through the output layer (never batch x length x vocabulary logits at
+    once) give the statistics of the whole forward."""
+    import torch
+
+    from collapse.core.config import ModelConfig
+    from collapse.engines import evaluation
+    from collapse.engines.model import build_model
+
+    model = build_model(ModelConfig(arch=arch, d_model=32, n_layers=2, n_heads=2, d_ff=64), 300, 32, 0, 0)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8)  # peaky distributions: ranks are not near-ties
+    rows = np.random.default_rng(0).integers(0, 300, (10, 24))
+    monkeypatch.setattr(evaluation, "CHUNK_FLOATS", 4 * 300 * 5)  # 5 positions per slice at batch 4
+    streamed = evaluation.score_tokens(model, rows, 4, top_k=5)
+    monkeypatch.setattr(evaluation, "STREAMED", set())  # the whole forward
+    full = evaluation.score_tokens(model, rows, 4, top_k=5)
+    for got, want in zip(
+        (streamed.nll, streamed.max_prob, streamed.entropy), (full.nll, full.max_prob, full.entropy), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert (streamed.in_top_k == full.in_top_k).mean() == 1.0
+    np.testing.assert_allclose(evaluation.token_nll(model, rows, 4), full.nll, rtol=1e-5, atol=1e-6)

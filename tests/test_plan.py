@@ -18,7 +18,30 @@ def test_parameter_count_matches_the_built_model(arch):
         {"model.arch": arch, "model.d_model": 64, "model.n_layers": 3, "model.d_ff": 192, "data.vocab_size": 1000}
     )
     real = sum(p.numel() for p in build_model(cfg.model, 1000, 64, 0, 0).parameters())
-    assert parameter_count(cfg) == pytest.approx(real, rel=0.05)  # norms, biases, positions left out
+    assert parameter_count(cfg) == pytest.approx(real, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "kind, hf",
+    [
+        # SmolLM2-135M's shape, shrunk: GQA (3 key/value heads for 9 query heads), tied embeddings
+        (
+            "llama-gqa-tied",
+            dict(hidden_size=72, num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
+        ),
+        # Llama's default: separate output embeddings; and attention biases (Qwen-style)
+        ("llama-untied-bias", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, attention_bias=True)),
+    ],
+)
+def test_base_model_parameter_count_is_within_one_percent(kind, hf, tmp_path):
+    """A base model's config.json (as a hub snapshot has it) against the model it builds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=500, intermediate_size=160, num_hidden_layers=2, **hf))
+    model.config.to_json_file(str(tmp_path / "config.json"))
+    cfg = Config().replace({"model.init": "base", "model.base_path": str(tmp_path)})
+    real = sum(p.numel() for p in model.parameters())  # a tied matrix counts once
+    assert parameter_count(cfg) == pytest.approx(real, rel=0.01), kind
 
 
 def test_gpu_hours_do_not_depend_on_gpus_and_wall_time_does():

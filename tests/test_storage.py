@@ -80,3 +80,28 @@ def test_local_filesystem_uri_through_ray(ray_session, small_corpus, cache, tmp_
         cache_dir_for(uri)
     )
     assert list((mirrored / "wandb").glob("offline-run-*"))  # W&B files go up at the end of the study
+
+
+def test_a_write_whose_upload_failed_reaches_the_remote_before_the_study_continues(cache, tmp_path):
+    """The store was full (or the process died) between a local write and its upload: the local
+    copy is ahead, and no later write sends that file again. The next session uploads it first,
+    in write order, so a marker still lands after what it vouches for."""
+    import os
+
+    from collapse.core.checkpoint import write_text_atomic
+    from collapse.core.storage import attach, catch_up_remote
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    local = tmp_path / "cache-copy"
+    attach(local, f"file://{remote}")
+    write_text_atomic(local / "unit" / "kept.txt", "uploaded")
+    for name in ("data.txt", "DONE"):  # written locally, never uploaded
+        (local / "unit" / name).write_text(name)
+    os.utime(local / "unit" / "DONE", ns=(2 * 10**18, 2 * 10**18))  # the marker: written last
+    assert sorted(p.name for p in (remote / "unit").iterdir()) == ["kept.txt"]
+
+    assert catch_up_remote(local) == 2
+    assert sorted(p.name for p in (remote / "unit").iterdir()) == ["DONE", "data.txt", "kept.txt"]
+    assert (remote / "unit" / "data.txt").stat().st_mtime_ns <= (remote / "unit" / "DONE").stat().st_mtime_ns
+    assert catch_up_remote(local) == 0 and catch_up_remote(tmp_path / "plain-run") == 0

@@ -111,6 +111,14 @@ def test_tiny_study_through_ray(ray_session, small_corpus, tmp_path, capsys):
     assert "| replace | 1 |" in report
     assert "Held-out real text, same number of sequences" in report  # the plot's real-text reference
     assert "## Early warning: generation of first detection" in report and "| ppl_real |" in report
+    assert "| ppl_real (paired) |" in report and "| self_bleu (paired) |" in report
+    saved = RunDir(out).per_unit(RunDir(out).lineages()[0], 1)  # the values behind the paired tests
+    assert set(saved) == set(M.PAIRED.values()) and len(saved[M.PER_SEQ_REAL_NLL]) > 0
+    assert (
+        len(saved[M.PER_SAMPLE_GEN0_NLL])
+        == len(saved[M.PER_SAMPLE_SELF_BLEU])
+        == RunDir(out).load_config().eval.num_samples
+    )
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert "c1.00-replace-s0" in capsys.readouterr().out

@@ -56,21 +56,44 @@ class StudyPlan:
 
 
 def parameter_count(cfg) -> int:
-    """Analytic parameter count of the configured model (or a base model's config.json)."""
+    """Analytic parameter count of the configured model (or a base model's config.json): GQA's
+    smaller key/value projections, tied or separate output embeddings, norms and biases."""
     m = cfg.model
     if m.family != "lm":
         return 0
     if m.init == "base" and m.base_path and (Path(m.base_path) / "config.json").is_file():
-        hf = json.loads((Path(m.base_path) / "config.json").read_text())
-        d, layers = hf.get("hidden_size", hf.get("n_embd", 0)), hf.get("num_hidden_layers", hf.get("n_layer", 0))
-        d_ff, vocab = hf.get("intermediate_size", 4 * d), hf.get("vocab_size", cfg.data.vocab_size)
-        mlp = 3 if "intermediate_size" in hf else 2
-        positions = hf.get("n_positions", 0) * d  # GPT-2's learned positions; Llama's are rotary
+        return hf_parameter_count(json.loads((Path(m.base_path) / "config.json").read_text()), cfg.data.vocab_size)
+    if m.arch == "llama":  # as engines.model.build_model makes it: full attention heads, tied embeddings
+        hf = {"model_type": "llama", "hidden_size": m.d_model, "num_hidden_layers": m.n_layers}
+        hf |= {"intermediate_size": m.d_ff, "num_attention_heads": m.n_heads, "tie_word_embeddings": True}
     else:
-        d, layers, d_ff, vocab = m.d_model, m.n_layers, m.d_ff, cfg.data.vocab_size
-        mlp = 3 if m.arch == "llama" else 2
-        positions = 0 if m.arch == "llama" else max(cfg.data.seq_len, 128) * d
-    return int(layers * (4 * d * d + mlp * d * d_ff) + vocab * d + positions)
+        hf = {"model_type": "gpt2", "n_embd": m.d_model, "n_layer": m.n_layers, "n_inner": m.d_ff}
+        hf |= {"n_head": m.n_heads, "n_positions": max(cfg.data.seq_len, 128), "tie_word_embeddings": True}
+    return hf_parameter_count(hf, cfg.data.vocab_size)
+
+
+def hf_parameter_count(hf: dict, vocab_size: int) -> int:
+    """Parameters of a Hugging Face decoder from its config.json: GPT-2 style (fused qkv with
+    biases, learned positions, LayerNorms) or Llama style (Llama, Mistral, Qwen, SmolLM: gated MLP,
+    RMSNorm, rotary positions, `num_key_value_heads` < heads under GQA)."""
+    if hf.get("model_type") == "gpt2" or "n_embd" in hf:
+        d, layers = hf["n_embd"], hf["n_layer"]
+        d_ff = hf.get("n_inner") or 4 * d
+        vocab = hf.get("vocab_size", vocab_size)
+        block = 4 * d * d + 4 * d + 2 * d * d_ff + d_ff + d + 4 * d  # attention + biases, MLP + biases, 2 LayerNorms
+        head = 0 if hf.get("tie_word_embeddings", True) else vocab * d
+        return int(layers * block + vocab * d + hf.get("n_positions", 1024) * d + 2 * d + head)
+    d, layers = hf["hidden_size"], hf["num_hidden_layers"]
+    heads = hf.get("num_attention_heads", 1)
+    head_dim = hf.get("head_dim") or d // heads
+    kv = hf.get("num_key_value_heads") or heads
+    vocab = hf.get("vocab_size", vocab_size)
+    attention = 2 * d * heads * head_dim + 2 * d * kv * head_dim  # q, o; k, v (GQA: kv < heads)
+    if hf.get("attention_bias"):
+        attention += heads * head_dim + 2 * kv * head_dim + d
+    mlp = 3 * d * hf.get("intermediate_size", 4 * d)  # gate, up, down
+    head = 0 if hf.get("tie_word_embeddings", False) else vocab * d  # Llama's default: a separate lm_head
+    return int(layers * (attention + mlp + 2 * d) + vocab * d + d + head)
 
 
 def _gpus_per_lineage(cfg) -> int:

@@ -222,15 +222,19 @@ def _serve(conn, run_dir: str, uid: str) -> None:
         while True:
             try:
                 call = conn.recv()
-            except EOFError:  # the driver is gone
+            except (EOFError, ConnectionResetError):  # the driver is gone
                 return
             if call is None:
                 return
             method, args = call
             try:
-                conn.send((getattr(host, method)(*args), None))
+                reply = (getattr(host, method)(*args), None)
             except Exception:  # noqa: BLE001 - recorded per lineage, the study goes on
-                conn.send((None, traceback.format_exc()))
+                reply = (None, traceback.format_exc())
+            try:
+                conn.send(reply)
+            except (BrokenPipeError, ConnectionResetError):  # the driver died while we worked: nobody to tell
+                return
     finally:
         if host is not None:
             host.shutdown()

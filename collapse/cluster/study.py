@@ -12,14 +12,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..core.rundir import LOGS_DIR, UNIT_METRICS, RunDir
-from ..core.storage import after_write
+from ..core.rundir import DEEP, LOGS_DIR, RunDir
+from ..core.storage import after_write, catch_up_remote
 from ..pipeline.prepare import prepare
 from .dispatch import dispatch
 from .progress import Ledger, ProgressView, console, log_study_run
 from .scheduler import drive_scheduler, start_scheduler, stop_scheduler
 from .slots import InProcessSlots, ProcessSlots, init_ray, preload_modules, warm_up
 from .worker import catch_up_tracking
+
+STALE_TMP_S = 60.0  # a temporary this old at the start of a session belongs to a dead writer
 
 
 @dataclass
@@ -46,6 +48,8 @@ def run_study(
     preparation with the workers' imports (and with Ray's start)."""
     cfg = run.load_config()
     uid = run.manifest()["uid"]
+    run.clean_study_tmp(older_than_s=STALE_TMP_S)
+    catch_up_remote(run.root)  # a write whose upload failed or never ran: the remote gets it now
     _redo_damaged(run, cfg)
     executor = "local" if local else ("ray" if ray or needs_ray(cfg, address, dashboard) else "processes")
     t0 = time.perf_counter()
@@ -106,6 +110,7 @@ def run_study(
             log_study_run(run, cfg, rows, uid)
         else:
             summary.join()
+    run.clean_study_tmp()  # this session's writers are done: any temporary left is a killed one's
     _mirror_unmanaged(run)
     result.seconds = time.perf_counter() - t0
     timeline.mark("end")
@@ -134,12 +139,32 @@ def needs_ray(cfg, address: str | None, dashboard: bool) -> bool:
 
 
 def _redo_damaged(run: RunDir, cfg) -> None:
-    """A finished unit whose row is damaged is said in one line and redone (it is deterministic)."""
-    for unit_dir, problem in run.damaged_units(run.lineages(cfg), cfg.study.generations):
-        where = unit_dir.relative_to(run.root)
-        console.print(f"[yellow]{where}/{UNIT_METRICS} {problem}: redoing that unit[/yellow]", soft_wrap=True)
-        run.log_event({"event": "damaged", "unit": str(where), "problem": problem})
-        run.redo(unit_dir)
+    """Damaged prepared inputs (tokenizer/, data/) are prepared again; a finished unit whose files
+    no longer match its DONE record (every checksum is read) is redone from its first damaged
+    stage. Each is said in one line; both are deterministic, so the results do not change."""
+    problems = run.prepared_problems()
+    if problems:
+        name, problem = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        console.print(f"[yellow]{name} {problem}{more}: preparing the data again[/yellow]", soft_wrap=True)
+        run.log_event({"event": "damaged", "unit": "prepared", "files": dict(problems), "problem": problem})
+        run.forget_prepared()
+    by_unit: dict = {}
+    for damage in run.damaged_units(run.lineages(cfg), cfg.study.generations, DEEP):
+        by_unit.setdefault(damage.unit_dir, []).append(damage)
+    for unit_dir, damages in by_unit.items():
+        where, first = unit_dir.relative_to(run.root), damages[0]
+        more = f" (and {len(damages) - 1} more of its files)" if len(damages) > 1 else ""
+        console.print(f"[yellow]{where}/{first.name} {first.problem}{more}: redoing that unit[/yellow]", soft_wrap=True)
+        run.log_event(
+            {
+                "event": "damaged",
+                "unit": str(where),
+                "files": {d.name: d.problem for d in damages},
+                "problem": first.problem,
+            }
+        )
+        run.redo(unit_dir, [d.name for d in damages])
 
 
 def _clear_failed(run: RunDir, cfg) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .faults import fault_point
 from .storage import after_delete, after_write
 
 
@@ -35,12 +36,14 @@ def _fsync_dir(path: Path) -> None:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    fault_point("write", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    fault_point("rename", path)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     _mirrored(path)
@@ -54,6 +57,7 @@ def _mirrored(path: Path) -> None:
 def remove_tree(path: str | Path) -> None:
     """Delete a directory (or file) here and in the run's remote copy, if any."""
     path = Path(path)
+    fault_point("delete", path)
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -80,6 +84,17 @@ def write_npy_atomic(path: str | Path, array) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+def write_npz_atomic(path: str | Path, arrays: dict) -> None:
+    """Named arrays as one .npz (np.load(..., allow_pickle=False) reads it), written atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 class _PlainWriter:
     """Only `write`: numpy then writes through Python's file object, chunk by chunk."""
 
@@ -92,6 +107,7 @@ def save_npy(path: str | Path, array) -> None:
     (`tofile`) reports a bare short write without an errno. Streams; no copy of the array."""
     import numpy as np
 
+    fault_point("write", path)
     try:
         with open(path, "wb") as f:
             np.lib.format.write_array(_PlainWriter(f), np.asanyarray(array), allow_pickle=False)
@@ -124,6 +140,7 @@ def fsync_tree(root: Path) -> None:
 def write_dir_atomic(path: str | Path, fill: Callable[[Path], Any]) -> Any:
     """Call `fill(tmp_dir)`, fsync it, then rename it to `path` (replacing any old copy)."""
     path = Path(path)
+    fault_point("write", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
@@ -141,6 +158,7 @@ def replace_dir(tmp: str | Path, path: str | Path) -> None:
     copy away so that `path` is never half old, half new."""
     tmp, path = Path(tmp), Path(path)
     fsync_tree(tmp)
+    fault_point("rename", path)
     if path.exists():
         trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(path, trash)
@@ -204,6 +222,7 @@ def link_atomic(path: str | Path, target: str | Path) -> None:
     """A symlink at `path` to `target` (relative targets keep a moved run dir intact), replaced
     atomically. Symlinks are not mirrored to remote storage; shared_from.json says the same there."""
     path = Path(path)
+    fault_point("link", path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     os.symlink(target, tmp)
     os.replace(tmp, path)

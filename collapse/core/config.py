@@ -27,6 +27,7 @@ SamplerName = Literal["fast", "hf", "vllm"]
 WandbMode = Literal["offline", "online", "disabled"]
 FilterName = Literal["none", "provenance_cap", "watermark", "verify", "perplexity", "detector_resample"]
 SearchMethod = Literal["none", "threshold"]
+JoinLines = Literal["wikitext"]
 REGIMES, FAMILIES, INITS, ARCHS = get_args(Regime), get_args(Family), get_args(Init), get_args(Arch)
 ENGINES, SAMPLE_MODES, DECODINGS = get_args(EngineName), get_args(SampleMode), get_args(Decoding)
 SAMPLERS, WANDB_MODES, FILTERS = get_args(SamplerName), get_args(WandbMode), get_args(FilterName)
@@ -36,6 +37,9 @@ SAMPLERS, WANDB_MODES, FILTERS = get_args(SamplerName), get_args(WandbMode), get
 STUDY_WIDE = (
     "data.source",
     "data.text_field",
+    "data.splits",
+    "data.join_lines",
+    "data.separator",
     "data.eval_fraction",
     "data.prompt_fraction",
     "data.seq_len",
@@ -74,11 +78,17 @@ def _check(ok: bool, key: str, message: str) -> None:
 class StudyConfig:
     name: str = doc("Study name: default output dir `runs/<name>`, W&B group.", default="study")
     seed: int = doc("Study seed; every random draw is derived from (seed, lineage, generation).", default=0)
-    generations: int = doc("Last generation index G; lineages run generations 0..G.", default=4)
+    generations: int = doc(
+        "Last generation index G; lineages run generations 0..G (0: generation 0 alone, e.g. a first look at a "
+        "base model; `collapse resume --generations N` extends a study).",
+        default=4,
+    )
 
     def validate(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "study.name", "must be a non-empty name without '/'")
-        _check(self.generations >= 1, "study.generations", f"must be >= 1 (got {self.generations})")
+        _check(
+            self.generations >= 0, "study.generations", f"must be >= 0 (got {self.generations}; 0: generation 0 only)"
+        )
 
 
 @dataclass
@@ -178,8 +188,31 @@ class DataConfig:
         default=False,
     )
     vocab_size: int = doc("BPE vocabulary size when the tokenizer is trained on the train split.", default=2048)
+    splits: dict[str, str] | None = doc(
+        "A `datasets` DatasetDict's published splits per pool, e.g. {train: train, eval: validation, prompt: test}; "
+        "null: train -> train, validation (else test) -> eval, prompts carved from train by data.prompt_fraction. "
+        "Held-out text then comes only from its published split (data.eval_fraction is for sources without).",
+        default=None,
+    )
+    separator: str | None = doc(
+        "The token that ends each document and starts every unconditional sample (a document boundary); null: "
+        "the tokenizer's EOS. Set it when a base model's EOS is a chat-template token (SmolLM2-Instruct's "
+        "`<|im_end|>`), e.g. `<|endoftext|>`.",
+        default=None,
+    )
+    join_lines: JoinLines | None = doc(
+        "Rows are lines, not documents: `wikitext` joins each article (from its ` = Title = ` heading) into one "
+        "document before any split, so held-out lines never share an article with training lines.",
+        default=None,
+    )
 
     def validate(self) -> None:
+        if self.splits is not None:
+            _check(
+                set(self.splits) <= {"train", "eval", "prompt"} and {"train", "eval"} <= set(self.splits),
+                "data.splits",
+                f"maps the pools train and eval (and optionally prompt) to split names, got {self.splits}",
+            )
         _check(0 <= self.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
         _check(0 <= self.prompt_fraction < 1, "data.prompt_fraction", "must be in [0, 1)")
         _check(
@@ -480,6 +513,9 @@ class TrackingConfig:
         pass
 
 
+FINE_TUNE_LR_MAX = 5e-4  # above this, a base model's fine-tuning lr is a from-scratch one (warned)
+
+
 @dataclass
 class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
@@ -503,6 +539,17 @@ class Config:
         for part in dotted.split("."):
             obj = getattr(obj, part)
         return obj
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not meant: one line each, naming the key and why."""
+        out = []
+        fine_tunes = self.model.init == "base" or "base" in self.grid.extra.get("model.init", [])
+        if fine_tunes and self.train.lr > FINE_TUNE_LR_MAX:
+            out.append(
+                f"train.lr {self.train.lr:g} is a from-scratch learning rate; fine-tuning a pretrained base "
+                f"(model.init: base) usually wants 1e-5..1e-4 (SmolLM2-135M: 5e-5), or it forgets what it knew"
+            )
+        return out
 
     def replace(self, overrides: dict[str, Any]) -> Config:
         """A copy with dotted-key overrides applied and validated (schema only: no file system)."""

@@ -38,6 +38,12 @@ UNIGRAM_ENTROPY = "unigram_entropy"
 VOCAB_COVERAGE = "vocab_coverage"
 BIGRAM_ENTROPY = "bigram_entropy"
 SELF_BLEU = "self_bleu"
+# Word level (words from `tokenizers`' Whitespace pre-tokenizer, \w+|[^\w\s]+, on the decoded
+# samples): comparable across tokenizers and with papers' numbers, which the token-level ones
+# (on this study's own BPE ids) are not.
+SELF_BLEU_WORDS = "self_bleu_words"
+DISTINCT_1_WORDS = "distinct_1_words"
+DISTINCT_2_WORDS = "distinct_2_words"
 UNIGRAM_KL = "unigram_kl"  # KL(real || samples) of unigram distributions (bits)
 UNIGRAM_JS = "unigram_js"  # Jensen-Shannon divergence, bits in [0, 1]
 DOC_LEN_MEAN = "doc_len_mean"  # tokens per document (EOS-delimited) in the samples
@@ -64,7 +70,7 @@ FILTER_PRECISION = (
     "filter_precision"  # a blind filter (watermark, perplexity) vs provenance: flagged rows that are synthetic
 )
 FILTER_RECALL = "filter_recall"  # synthetic rows the filter flagged
-DETECTOR_ACCURACY = "detector_accuracy"  # detector_resample: real-vs-synthetic classifier accuracy (train)
+DETECTOR_ACCURACY = "detector_accuracy"  # detector_resample: real-vs-synthetic accuracy on a held-out fifth
 RESAMPLED_UNIQUE = "resampled_unique"  # detector_resample: distinct synthetic rows kept / synthetic rows
 # --- training set and bookkeeping ------------------------------------------------------------
 TRAIN_TOKENS = "train_tokens"
@@ -88,6 +94,20 @@ PLOTTED = (
     (SELF_BLEU, "self-BLEU of samples", True),
 )
 # Which direction is collapse, for every metric the early-warning detector may look at.
+# Per-unit values saved beside each row (rundir.PER_UNIT_FILE), behind the paired tests: per
+# held-out sequence (every lineage scores the same sequences), or per sample (a lineage and its
+# control draw their samples with the same random numbers).
+PER_SEQ_REAL_NLL = "real_nll"  # mean token NLL of each held-out sequence
+PER_SEQ_REAL_TAIL_NLL = "real_tail_nll"  # mean NLL of its tail-bucket tokens (NaN: none)
+PER_SAMPLE_GEN0_NLL = "samples_gen0_nll"  # mean NLL of each sample under generation 0
+PER_SAMPLE_SELF_BLEU = "samples_self_bleu"  # each sample's BLEU against the others
+PAIRED = {
+    PPL_REAL: PER_SEQ_REAL_NLL,  # exp(mean NLL), and sequences have equal length: same test
+    LOSS_TAIL: PER_SEQ_REAL_TAIL_NLL,  # per-sequence means (the row pools tokens: close, not equal)
+    PPL_SAMPLES_GEN0: PER_SAMPLE_GEN0_NLL,
+    SELF_BLEU: PER_SAMPLE_SELF_BLEU,
+}
+
 HIGHER_IS_COLLAPSE = {
     PPL_REAL: True,
     PPL_REAL_P50: True,
@@ -261,7 +281,25 @@ def self_bleu_per_row(rows, max_n: int = 4) -> np.ndarray:
                 continue
             match = sum(min(c, top[g][2] if top[g][1] == i else top[g][0]) for g, c in grams.items())
             log_p[i] += math.log(max(match, 0.1) / total) / max_n
-    return np.exp(log_p)
+    return np.exp(log_p) * _brevity_penalty([len(r) for r in rows])
+
+
+def _brevity_penalty(lengths: list[int]) -> np.ndarray:
+    """BLEU's brevity penalty exp(1 - r/c) for each row of length c shorter than its closest
+    reference length r among the other rows (ties: the shorter); 1 for equal-length token rows."""
+    lengths_arr = np.asarray(lengths, dtype=float)
+    out = np.ones(len(lengths_arr))
+    if len(lengths_arr) < 2 or lengths_arr.min() == lengths_arr.max():
+        return out
+    order = np.sort(lengths_arr)
+    for i, c in enumerate(lengths_arr):
+        others = np.delete(order, np.searchsorted(order, c))  # every other row's length
+        j = np.searchsorted(others, c)
+        near = [others[x] for x in (j - 1, j) if 0 <= x < len(others)]
+        r = min(near, key=lambda v: (abs(v - c), v))
+        if 0 < c < r:
+            out[i] = math.exp(1 - r / c)
+    return out
 
 
 def bigram_entropy(rows) -> float:

@@ -85,6 +85,9 @@ EXECUTION_ONLY = (
     "train.engine", "train.workers", "train.deepspeed", "train.micro_batch_size", "train.checkpoint_every",
     "sample.compile", "eval.batch_size",
 )  # fmt: skip
+# Scientific keys added after identity 2: left out of the identity while at their default, so that
+# run directories made before them (whose study.yaml lacks them) resume onto the same units.
+ADDED_LATER = {"data.splits": None, "data.join_lines": None, "data.separator": None}
 IDENTITY_VERSION = 2  # 1: studies made before execution settings left the identity (they keep it)
 
 
@@ -109,6 +112,10 @@ def gen0_key(cfg: Config, seed: int, identity: int = IDENTITY_VERSION) -> str:
     if identity >= 2:
         for key in EXECUTION_ONLY:
             section, name = key.split(".")
+            del blob[section][name]
+    for key, default in ADDED_LATER.items():  # at its default, a later key leaves older studies' keys alone
+        section, name = key.split(".")
+        if blob[section].get(name) == default:
             del blob[section][name]
     return short_hash(json.dumps(blob, sort_keys=True))
 

@@ -20,17 +20,21 @@ import copy
 import json
 import os
 import platform
+import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import metrics as M
 from .checkpoint import (
     append_jsonl_atomic,
+    file_sha256,
     is_done,
     is_locked,
     lock_path,
+    mark_done,
     read_json,
     remove_tree,
     write_json_atomic,
@@ -46,6 +50,8 @@ METRICS_FILE = "metrics.jsonl"
 SESSIONS_FILE = "sessions.jsonl"  # one line per run/resume: start, seconds, mode, slots
 EVENTS_FILE = "events.jsonl"  # retries and failures, as the scheduler decided them
 SEARCH_FILE = "search.jsonl"  # the contamination search's decisions (they define which lineages exist)
+PREPARED = "prepared.json"  # size and sha256 of every file of tokenizer/ and data/; written after both
+DRIVER_LOCK = ".driver.lock"  # held by the one process driving the study (flock; the kernel drops it)
 PLOT_FILE = "collapse_curves.png"
 SEARCH_PLOT_FILE = "contamination_search.png"
 REPORT_FILE = "report.md"
@@ -62,9 +68,20 @@ THEORY_PARAMS = "params.json"  # a theory family's fitted model (written before 
 THEORY_SYNTHETIC = "synthetic.npy"  # a theory family's synthetic rows (synthetic.json marks them done)
 TIMING_FILE = "timing.json"
 UNIT_METRICS = "metrics.json"
+PER_UNIT_FILE = "per_unit.npz"  # per held-out sequence / per sample values behind the row (metrics.PAIRED)
 DONE = "DONE"
 LOGGED = "wandb_logged"  # the unit's row reached its lineage's W&B run
 SHARED_POINTER = "shared_from.json"  # a lineage's gen_000: points at the shared generation 0
+VERIFY_SCORES = "verify_scores.npy"  # mean generation-0 NLL per corpus row (mitigation), cached after DONE
+
+# A stage's outputs, its marker included: what `redo` removes when one of them is damaged.
+TRAIN_OUTPUTS = {TRAIN_META, MODEL_DIR, THEORY_PARAMS}
+CORPUS_OUTPUTS = {CORPUS_DONE, CORPUS_DIR, THEORY_SYNTHETIC}
+MARKERS = {TRAIN_META, CORPUS_DONE}
+# Written into a finished unit after DONE, so not part of what DONE vouches for.
+AFTER_DONE = {DONE, LOGGED, VERIFY_SCORES}
+SMALL_FILE = 1 << 20  # files this small are checksummed even by a QUICK check
+ROWS, QUICK, DEEP = "rows", "quick", "deep"  # how hard damaged_units looks
 
 # Unit states as `collapse status` shows them.
 DONE_S, RUNNING, FAILED_S, QUEUED = "done", "running", "failed", "queued"
@@ -76,6 +93,72 @@ def gen_name(k: int) -> str:
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+@dataclass
+class Damage:
+    unit_dir: Path
+    name: str  # the damaged file, relative to the unit
+    problem: str  # "is missing", "has 10 bytes, not 20 (truncated or replaced)", ...
+
+
+def record_files(root: Path, skip: set[str] = frozenset()) -> dict[str, dict]:
+    """Size and sha256 of every file under `root` (relative POSIX names), except `skip`, hidden
+    names (locks, temporaries) and symlinks (a lineage's pointer to a shared generation 0 is the
+    target's business); never follows a symlinked directory."""
+    files = {}
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = sorted(n for n in dirnames if n not in skip and not n.startswith("."))
+        for n in sorted(names):
+            path = Path(dirpath) / n
+            rel = path.relative_to(root).as_posix()
+            if rel not in skip and not n.startswith(".") and not path.is_symlink():
+                files[rel] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    return files
+
+
+def check_files(root: Path, files: dict[str, dict], scope: str = DEEP) -> list[tuple[str, str]]:
+    """(file, what is wrong) for each recorded file that is missing, has another size or (DEEP,
+    or QUICK for small files) another sha256."""
+    problems = []
+    for name, record in sorted(files.items()):
+        path = root / name
+        if not path.is_file():
+            problems.append((name, "is missing"))
+        elif "size" in record and path.stat().st_size != record["size"]:
+            problems.append((name, f"has {path.stat().st_size} bytes, not {record['size']} (truncated or replaced)"))
+        elif "sha256" in record and (scope != QUICK or record["size"] <= SMALL_FILE):
+            if file_sha256(path) != record["sha256"]:
+                problems.append((name, "does not match its sha256 (zeroed or changed)"))
+    return problems
+
+
+def seal_unit(unit_dir: Path, meta: dict | None = None) -> None:
+    """Mark a unit done: DONE (written last) records the size and sha256 of every file the unit
+    holds, so damage found later names the file instead of surfacing as a wrong number or a
+    traceback."""
+    files = record_files(unit_dir, AFTER_DONE | {TRAIN_STATE})
+    mark_done(unit_dir, DONE, {"finished": time.time(), **(meta or {}), "files": files})
+
+
+def unit_problems(unit_dir: Path, scope: str = DEEP) -> list[tuple[str, str]]:
+    """(file, what is wrong) for a finished unit, checked against its DONE record (see
+    RunDir.damaged_units for `scope`). Units sealed by releases without a record: the row only."""
+    try:
+        sealed = read_json(unit_dir / DONE)
+    except (ValueError, UnicodeDecodeError):
+        return [(DONE, "is not valid JSON")]
+    files = sealed.get("files") if isinstance(sealed, dict) else None
+    if files is not None:
+        return check_files(unit_dir, {n: r for n, r in files.items() if scope != ROWS or n == UNIT_METRICS}, scope)
+    try:  # no record to compare: at least the row must parse
+        if not isinstance(read_json(unit_dir / UNIT_METRICS), dict):
+            return [(UNIT_METRICS, "is not a JSON object")]
+    except FileNotFoundError:
+        return [(UNIT_METRICS, "is missing")]
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        return [(UNIT_METRICS, f"is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})")]
+    return []
 
 
 @dataclass
@@ -127,6 +210,10 @@ class RunDir:
     def exists(self) -> bool:
         return (self.root / STUDY_FILE).is_file()
 
+    def started(self) -> bool:
+        """`create` finished: manifest.json is written last (a study.yaml alone never started)."""
+        return (self.root / MANIFEST_FILE).is_file()
+
     def create(self, cfg: Config) -> dict:
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
@@ -175,6 +262,84 @@ class RunDir:
         """The study's lineages: the grid's, plus those the contamination search launched."""
         return expand(cfg or self.load_config(), self.search_points(), self.identity)
 
+    @contextmanager
+    def driving(self, name: str | None = None):
+        """Hold the study's driver lock while this process runs it: a second `run` or `resume` of
+        the same directory (another shell, a requeued job that overlaps) is refused in one line.
+        The kernel drops the lock when the holder dies, so a killed driver never leaves it stuck."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / DRIVER_LOCK, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            where = name or self.root
+            raise ConfigError(
+                f"{where} is in use by {holder}; wait for it to finish (`collapse status {where}`) or stop it, "
+                "then `collapse resume`"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"collapse pid {os.getpid()} on {platform.node()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.close()
+
+    def clean_study_tmp(self, older_than_s: float = 0.0) -> None:
+        """Leftovers of the study files' interrupted writes (metrics.jsonl, the logs, the report,
+        FAILED.json, and what a finished unit receives after DONE: wandb_logged, cached scores).
+        The driver holds the driver lock, but a killed driver's detached Ray scheduler may still be
+        finishing a write: at the start of a session only files older than `older_than_s` go, and
+        the rest at its end, when this session's writers are done. Units that are not done clean
+        their own under their locks."""
+        lineages = list((self.root / "lineages").glob("*"))
+        units = [*self.root.glob("shared/*/gen_*"), *(u for lineage in lineages for u in lineage.glob("gen_*"))]
+        cutoff = time.time() - older_than_s
+        for where in [self.root, *lineages, *(u for u in units if is_done(u, DONE))]:
+            for p in [*where.glob(".*.tmp-*"), *where.glob(".*.old-*")]:
+                try:
+                    if p.stat().st_mtime > cutoff:
+                        continue
+                    if p.is_dir():  # a directory write (data/, tokenizer/) that never got its rename
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink()
+                except FileNotFoundError:  # its writer renamed it meanwhile
+                    pass
+
+    # -- the prepared inputs ---------------------------------------------------------------------
+    def seal_prepared(self) -> None:
+        """Record tokenizer/ and data/ (both complete): damage found later names the file."""
+        files = {}
+        for d in (self.tokenizer_dir, self.data_dir):
+            if d.is_dir():
+                files.update({f"{d.name}/{n}": r for n, r in record_files(d).items()})
+        write_json_atomic(self.root / PREPARED, {"files": files})
+
+    def prepared_problems(self, only: tuple[str, ...] = ("",)) -> list[tuple[str, str]]:
+        """(file, what is wrong) in tokenizer/ and data/ against prepared.json (every checksum);
+        `only`: the files whose names start with one of these (what a reader needs)."""
+        path = self.root / PREPARED
+        if not path.is_file():
+            return []
+        try:
+            files = read_json(path)["files"]
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            return [(PREPARED, "is not valid JSON")]
+        return check_files(self.root, {n: r for n, r in files.items() if n.startswith(only)}, DEEP)
+
+    def forget_prepared(self) -> None:
+        """Prepare the data again (it is deterministic): the record first, then what it vouched for."""
+        for path in (self.root / PREPARED, self.data_dir, self.tokenizer_dir):
+            remove_tree(path)
+
     # -- units -----------------------------------------------------------------------------------
     def unit_done(self, lineage: str, k: int) -> bool:
         return is_done(self.unit_dir(lineage, k), DONE)
@@ -183,6 +348,17 @@ class RunDir:
         """A finished unit's metrics row."""
         return read_json(self.unit_dir(lineage, k) / UNIT_METRICS)
 
+    def per_unit(self, spec: LineageSpec, k: int) -> dict | None:
+        """The per-sequence and per-sample values of a finished unit (None: not saved, e.g. a theory
+        family or a run made before they were)."""
+        import numpy as np
+
+        path = self.artifacts_dir(spec.name, spec.gen0_key, k) / PER_UNIT_FILE
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+
     def next_generation(self, lineage: str, generations: int) -> int:
         """The first generation of `lineage` that is not done (generations + 1 when all are)."""
         k = 0
@@ -190,32 +366,31 @@ class RunDir:
             k += 1
         return k
 
-    def damaged_units(self, specs: list[LineageSpec], generations: int) -> list[tuple[Path, str]]:
-        """Finished units whose row (metrics.json) is missing or unreadable: a truncated or zeroed
-        file, a bad copy, a hand edit. (unit dir, what is wrong), cheap: only small JSON files are
-        read. A finished unit is deterministic, so `redo` plus a resume restores it exactly."""
+    def damaged_units(self, specs: list[LineageSpec], generations: int, scope: str = DEEP) -> list[Damage]:
+        """Finished units whose files no longer match what their DONE marker recorded: a truncated,
+        zeroed, missing or edited file (a full disk, a bad copy, a hand edit). `scope` says how hard
+        to look: ROWS (the metrics rows only, what `report` reads), QUICK (every file's size, and
+        the checksum of small files), DEEP (every checksum: reads every artifact once). A finished
+        unit is deterministic, so `redo` plus a resume restores it exactly."""
         dirs = {self.unit_dir(s.name, k) for s in specs for k in range(generations + 1)}
         dirs |= {self.gen0_dir(s.gen0_key) for s in specs}
         damaged = []
         for d in sorted(dirs):
-            if not is_done(d, DONE):
-                continue
-            try:
-                ok = isinstance(read_json(d / UNIT_METRICS), dict)
-                problem = "" if ok else "is not a JSON object"
-            except FileNotFoundError:
-                problem = "is missing"
-            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-                problem = f"is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})"
-            if problem:
-                damaged.append((d, problem))
+            if is_done(d, DONE):
+                damaged += [Damage(d, name, problem) for name, problem in unit_problems(d, scope)]
         return damaged
 
-    def redo(self, unit_dir: Path) -> None:
-        """Forget that a unit finished (its row and DONE); its stages' markers stay, so a resume
-        reruns only what the row needs (evaluation, for a damaged row)."""
+    def redo(self, unit_dir: Path, damaged_files: list[str]) -> None:
+        """Forget that a unit finished (DONE first, then its row) and remove the stage outputs that
+        a damaged file belongs to, with their markers; a resume then reruns only those stages (for
+        a damaged row, evaluation alone) and seals the unit again."""
         (unit_dir / DONE).unlink(missing_ok=True)
-        (unit_dir / UNIT_METRICS).unlink(missing_ok=True)
+        doomed = {UNIT_METRICS}
+        for name in damaged_files:
+            top = name.split("/")[0]
+            doomed |= next((stage for stage in (TRAIN_OUTPUTS, CORPUS_OUTPUTS) if top in stage), set())
+        for name in sorted(doomed, key=lambda n: n not in MARKERS):  # markers first: they vouch for the rest
+            remove_tree(unit_dir / name)
 
     def rows(self, lineages: list[str], generations: int) -> list[dict]:
         return [self.unit_row(name, k) for name in lineages for k in range(generations + 1) if self.unit_done(name, k)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,19 +19,64 @@ ALPHA = 0.05  # 95% intervals
 
 
 def bootstrap_ci(
-    statistic: Callable[[np.ndarray], float], n: int, resamples: int, rng: np.random.Generator, alpha: float = ALPHA
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    resamples: int,
+    rng: np.random.Generator,
+    alpha: float = ALPHA,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval for `statistic(indices)` over `n` i.i.d. units (sequences,
-    samples). For statistics that are smooth functions of per-unit means (perplexity, losses,
-    recall, mean self-BLEU), where a resample's duplicated units do no harm."""
+    """Percentile bootstrap interval over `n` i.i.d. units (sequences, samples), vectorised:
+    `statistic(idx)` gets a [B, n] matrix of resampled indices and returns the B values (reduce
+    per-unit arrays first: `lambda idx: a[idx].sum(1) / b[idx].sum(1)`). For statistics that are
+    smooth functions of per-unit means (perplexity, losses, recall, mean self-BLEU), where a
+    resample's duplicated units do no harm. Blocks of resamples keep memory near 32 MB."""
     if n < 2 or resamples < 2:
         return float("nan"), float("nan")
-    values = np.array([statistic(rng.choice(n, n, replace=True)) for _ in range(resamples)], dtype=float)
+    block = max(1, (1 << 22) // n)
+    values = np.concatenate(
+        [
+            np.asarray(statistic(rng.integers(0, n, size=(min(block, resamples - start), n))), dtype=float)
+            for start in range(0, resamples, block)
+        ]
+    )
     values = values[np.isfinite(values)]
     if len(values) < 2:
         return float("nan"), float("nan")
     lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def paired_p_value(
+    treated: np.ndarray, control: np.ndarray, resamples: int, rng: np.random.Generator, higher: bool = True
+) -> float:
+    """One-sided p-value that `treated` exceeds `control` (or falls below it, `higher=False`) on
+    the same units, by a sign-flip permutation test of the per-unit differences: under no effect a
+    difference is as likely positive as negative, so flipping signs at random draws from the null.
+    Exact up to Monte-Carlo error; pairs with a NaN are dropped. Far more powerful than comparing
+    two intervals when units differ a lot among themselves (held-out sequences do: some are hard
+    for every model), since that shared variation cancels in the difference."""
+    d = np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
+    d = d[np.isfinite(d)] * (1.0 if higher else -1.0)
+    if len(d) < 2 or resamples < 1:
+        return float("nan")
+    observed = d.mean()
+    block, extreme = max(1, (1 << 22) // len(d)), 0
+    for start in range(0, resamples, block):
+        signs = rng.integers(0, 2, size=(min(block, resamples - start), len(d)), dtype=np.int8) * 2 - 1
+        extreme += int(((signs @ d) / len(d) >= observed - 1e-12).sum())
+    return (1 + extreme) / (1 + resamples)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: family-wise error <= alpha over the family, no independence
+    needed. NaN p-values (no test) stay NaN and do not count."""
+    idx = [i for i, p in enumerate(p_values) if p == p]
+    out = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (len(idx) - rank) * p_values[i]))
+        out[i] = running
+    return out
 
 
 def half_sample_ci(
@@ -72,25 +118,40 @@ def _group_key(row: dict, axes: tuple[str, ...]) -> tuple:
     return tuple((a, row.get(a)) for a in axes)
 
 
-def first_detection(rows: list[dict], metric: str) -> dict[str, int | None]:
-    """lineage -> the first generation >= 1 whose 95% interval of `metric` lies entirely on the
-    collapse side of its band, or None if it never does.
-
-    The band is the interval of the c = 0 control lineage with the same regime, seed and other
-    grid axes at the same generation (the control shares real data and sample seeds, so the
-    difference is the synthetic data's); where no control exists, the lineage's own generation-0
-    interval. Rows without intervals use the point value as a zero-width interval."""
-    higher = M.HIGHER_IS_COLLAPSE.get(metric, True)
+def _lineages_and_controls(rows: list[dict]) -> tuple[dict[str, dict[int, dict]], Callable[[str], dict | None]]:
+    """Rows by lineage and generation, and each lineage's c = 0 control (same regime, seed and
+    other grid axes: it shares real data and sample seeds, so the difference is the synthetic
+    data's); None for a control itself or where there is none."""
     by_lineage: dict[str, dict[int, dict]] = defaultdict(dict)
     for r in rows:
         by_lineage[r[M.LINEAGE]][r[M.GENERATION]] = r
     # Grid axes besides contamination: regime, seed and the extra axes (dotted config keys).
     axes = tuple(sorted(k for k in (rows[0] if rows else {}) if k in (M.REGIME, M.SEED) or "." in k))
     controls = {}
-    for gens in by_lineage.values():
+    for name, gens in by_lineage.items():
         any_row = next(iter(gens.values()))
         if any_row.get(M.CONTAMINATION) == 0.0:
-            controls[_group_key(any_row, axes)] = gens
+            controls[_group_key(any_row, axes)] = name
+
+    def control_of(name: str) -> str | None:
+        any_row = next(iter(by_lineage[name].values()))
+        if any_row.get(M.CONTAMINATION) == 0.0:
+            return None
+        return controls.get(_group_key(any_row, axes))
+
+    return by_lineage, control_of
+
+
+def first_detection(rows: list[dict], metric: str) -> dict[str, int | None]:
+    """lineage -> the first generation >= 1 whose 95% interval of `metric` lies entirely on the
+    collapse side of its band, or None if it never does: the interval-overlap rule.
+
+    The band is the interval of the c = 0 control lineage at the same generation; where no control
+    exists, the lineage's own generation-0 interval. Rows without intervals use the point value as
+    a zero-width interval. Conservative (two overlapping 95% intervals can still differ at 5%), and
+    blind to pairing: `first_detection_paired` is the test to use where per-unit values exist."""
+    higher = M.HIGHER_IS_COLLAPSE.get(metric, True)
+    by_lineage, control_of = _lineages_and_controls(rows)
 
     def interval(r: dict) -> tuple[float, float]:
         v = r.get(metric, float("nan"))
@@ -99,16 +160,10 @@ def first_detection(rows: list[dict], metric: str) -> dict[str, int | None]:
 
     out: dict[str, int | None] = {}
     for name, gens in by_lineage.items():
-        any_row = next(iter(gens.values()))
-        control = controls.get(_group_key(any_row, axes))
-        is_control = any_row.get(M.CONTAMINATION) == 0.0
+        control = by_lineage.get(control_of(name) or "")
         out[name] = None
         for k in sorted(g for g in gens if g >= 1):
-            base = None
-            if control is not None and not is_control and k in control:
-                base = control[k]
-            elif 0 in gens:
-                base = gens[0]
+            base = control[k] if control is not None and k in control else gens.get(0)
             if base is None or metric not in gens[k] or metric not in base:
                 continue
             lo, hi = interval(gens[k])
@@ -116,4 +171,45 @@ def first_detection(rows: list[dict], metric: str) -> dict[str, int | None]:
             if (higher and lo > bhi) or (not higher and hi < blo):
                 out[name] = k
                 break
+    return out
+
+
+@dataclass
+class PairedDetection:
+    generation: int | None  # first generation whose Holm-adjusted p < alpha; None: never
+    p_values: dict[int, float]  # generation -> Holm-adjusted one-sided p-value
+    effects: dict[int, float]  # generation -> mean per-unit difference against the control
+
+
+def first_detection_paired(
+    rows: list[dict],
+    metric: str,
+    per_unit: Callable[[str, int], np.ndarray | None],
+    resamples: int = 10_000,
+    seed: int = 0,
+    alpha: float = ALPHA,
+) -> dict[str, PairedDetection]:
+    """lineage -> the first generation whose per-unit values (`per_unit(lineage, generation)`:
+    per held-out sequence, or per sample drawn with the control's random numbers) exceed the same
+    generation of its c = 0 control by a one-sided sign-flip test, after Holm's adjustment over the
+    lineage's generations (the family one "first detection" searches). Lineages without a control
+    (and the controls) are not tested."""
+    higher = M.HIGHER_IS_COLLAPSE.get(metric, True)
+    by_lineage, control_of = _lineages_and_controls(rows)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, gens in sorted(by_lineage.items()):
+        control = control_of(name)
+        if control is None:
+            continue
+        raw, effects = {}, {}
+        for k in sorted(g for g in gens if g >= 1 and g in by_lineage[control]):
+            a, b = per_unit(name, k), per_unit(control, k)
+            if a is None or b is None or len(a) != len(b):
+                continue
+            raw[k] = paired_p_value(a, b, resamples, rng, higher)
+            effects[k] = float(np.nanmean(np.asarray(a, float) - np.asarray(b, float)))
+        adjusted = dict(zip(raw, holm(list(raw.values()))))
+        first = next((k for k, p in adjusted.items() if p < alpha), None)
+        out[name] = PairedDetection(first, adjusted, effects)
     return out

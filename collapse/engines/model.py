@@ -67,5 +67,28 @@ def save_model_dir(path: str | Path, model: torch.nn.Module, tokenizer) -> str:
     return file_sha256(Path(path) / WEIGHTS_FILE)
 
 
+def import_gguf(gguf_file: str | Path, out: str | Path) -> str:
+    """A GGUF checkpoint (llama.cpp's format; quantized ones are dequantized) as a plain fp32 Hugging
+    Face model dir, once, for `model.base_path`. transformers loads GGUF but will not save a model
+    it loaded from one, so the weights move into a fresh model built from the same config without
+    its quantization record. Returns the weights' sha256."""
+    from transformers import AutoTokenizer
+
+    from .environment import tell_deepspeed_the_accelerator
+
+    tell_deepspeed_the_accelerator()  # the GGUF loader imports accelerate, which imports DeepSpeed
+    gguf_file = Path(gguf_file)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    where, name = str(gguf_file.parent), gguf_file.name
+    loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    return save_model_dir(out, fresh, tokenizer)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,35 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+# EOS tokens of chat templates: they end a turn, not a document.
+CHAT_TOKENS = re.compile(r"<\|?(im_end|im_start|eot_id|end_of_turn|start_of_turn|end|user|assistant)\|?>")
+
+
+def set_separator(tok, separator: str | None) -> str | None:
+    """Make `separator` the tokenizer's EOS (what joins documents and starts unconditional
+    samples). Without one, return a warning when the EOS is a chat-template token."""
+    from ..core.config import ConfigError
+
+    if separator is None:
+        if CHAT_TOKENS.fullmatch(tok.eos_token or ""):
+            return (
+                f"the tokenizer's EOS `{tok.eos_token}` is a chat-template token: it becomes the document separator "
+                "and the start of every unconditional sample; set data.separator (e.g. `<|endoftext|>`) if the "
+                "model has a plain end-of-text token"
+            )
+        return None
+    token_id = tok.convert_tokens_to_ids(separator)
+    if token_id is None or (tok.unk_token_id is not None and token_id == tok.unk_token_id):
+        specials = ", ".join(sorted(tok.all_special_tokens)[:8])
+        raise ConfigError(
+            f"data.separator `{separator}` is not a token of the tokenizer; its special tokens: {specials}"
+        )
+    if tok.pad_token in (None, tok.eos_token):
+        tok.pad_token = separator
+    tok.eos_token = separator
+    return None
 
 
 def eos_token_id(path: str | Path) -> int | None:

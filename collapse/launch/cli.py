@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS until the study ends"
     )
+    p = sub.add_parser("import-model", help="convert a GGUF checkpoint into a plain HF model dir for model.base_path")
+    p.add_argument("gguf", help="a .gguf file (quantized ones are dequantized to fp32)")
+    p.add_argument("--out", required=True, help="the model directory to write")
     p = sub.add_parser("plan", help="estimate a study's device-hours and wall time on N GPUs, without running it")
     p.add_argument("config")
     _add_overrides(p)
@@ -128,6 +131,8 @@ def _load_checked(path: str, overrides: list[str]):
 
     cfg = load_config(path, overrides)
     check_environment(cfg)
+    for warning in cfg.warnings():
+        _console().print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     return cfg
 
 
@@ -187,15 +192,18 @@ def cmd_run(args) -> int:
     out = str(args.out or _default_out(cfg.study.name))
     run_dir = local_run_dir(out, new=True)  # a URI: a local working copy, mirrored to the URI as it is written
     run = RunDir(run_dir)
-    if run.exists():
+    if run.started():  # a study.yaml without manifest.json never started: it is written again
         raise ConfigError(
             f"--out {out} already holds a study; `collapse resume {out}` continues it, or pass another --out"
         )
     check_locking(next(p for p in [run_dir, *run_dir.parents] if p.is_dir()))
-    if is_remote(out):
-        _console().print(f"run directory {out} (working copy {run_dir})")
-    run.create(cfg)
-    return _execute(run_dir, args)
+    with run.driving(out):
+        if run.started():  # another `collapse run` got here first
+            raise ConfigError(f"--out {out} already holds a study; pass another --out")
+        if is_remote(out):
+            _console().print(f"run directory {out} (working copy {run_dir})")
+        run.create(cfg)
+        return _execute(run_dir, args)
 
 
 def cmd_sweep(args) -> int:
@@ -206,7 +214,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_resume(args) -> int:
     from ..core.checkpoint import check_locking
-    from ..core.rundir import RunDir
+    from ..core.rundir import MANIFEST_FILE, RunDir
     from ..core.storage import local_run_dir
     from ..engines.environment import check_environment
 
@@ -214,8 +222,17 @@ def cmd_resume(args) -> int:
     run = RunDir(run_dir)
     cfg = run.load_config()  # ConfigError if this is not a run dir
     check_environment(cfg)  # ... or if it cannot run here
-    run.manifest()
+    if not run.started():
+        raise ConfigError(
+            f"{args.dir}: the study was interrupted before it started (no {MANIFEST_FILE}); "
+            f"`collapse run CONFIG --out {args.dir}` starts it"
+        )
     check_locking(run_dir)
+    with run.driving(args.dir):
+        return _resume(run, cfg, args)
+
+
+def _resume(run, cfg, args) -> int:
     if args.generations is not None and args.generations != cfg.study.generations:
         if args.generations < cfg.study.generations:
             raise ConfigError(
@@ -227,24 +244,30 @@ def cmd_resume(args) -> int:
             f"extending {args.dir} to generations 0..{args.generations}: the old last generation samples "
             "its corpus first, then the new generations run"
         )
-    return _execute(run_dir, args)
+    return _execute(run.root, args)
 
 
 def cmd_report(args) -> int:
-    from ..core.rundir import PLOT_FILE, REPORT_FILE, RunDir
+    from ..core.rundir import PLOT_FILE, REPORT_FILE, ROWS, RunDir
     from ..core.storage import local_run_dir
     from .report import print_table, write_report
 
     run_dir = local_run_dir(args.dir, metadata_only=True)  # a URI: its metrics and markers, fresh; no weights
     run = RunDir(run_dir)
     cfg = run.load_config()
-    damaged = run.damaged_units(run.lineages(cfg), cfg.study.generations)
+    damaged = run.damaged_units(run.lineages(cfg), cfg.study.generations, ROWS)
     if damaged:  # metrics.jsonl would still hold the old row: say so instead of reporting it
-        unit_dir, problem = damaged[0]
-        more = f" (and {len(damaged) - 1} more units)" if len(damaged) > 1 else ""
+        first = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         raise ConfigError(
-            f"{unit_dir.relative_to(run.root)}/metrics.json {problem}{more}: `collapse resume {args.dir}` redoes it"
+            f"{first.unit_dir.relative_to(run.root)}/{first.name} {first.problem}{more}: "
+            f"`collapse resume {args.dir}` redoes that unit"
         )
+    # the report also reads the held-out pool (the real-text reference line) and the tokenizer
+    broken = run.prepared_problems(only=(f"{run.data_dir.name}/eval.npy", f"{run.tokenizer_dir.name}/"))
+    if broken:
+        name, problem = broken[0]
+        raise ConfigError(f"{name} {problem}: `collapse resume {args.dir}` prepares the data again")
     rows = write_report(run_dir)
     print_table(rows)
     _console().print(f"wrote {run_dir / PLOT_FILE} and {run_dir / REPORT_FILE}")
@@ -294,6 +317,23 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def cmd_import_model(args) -> int:
+    import importlib.util
+
+    source, out = Path(args.gguf), Path(args.out)
+    if not source.is_file() or source.suffix != ".gguf":
+        raise ConfigError(f"{source}: not a .gguf file; give the path of a GGUF checkpoint")
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f'{source}: reading GGUF needs the gguf package: pip install -e ".[gguf]"')
+    if (out / "config.json").exists():
+        raise ConfigError(f"--out {out} already holds a model; pass another --out")
+    from ..engines.model import import_gguf
+
+    sha = import_gguf(source, out)
+    _console().print(f"wrote {out} (fp32 safetensors, sha256 {sha[:16]}); use it as model.base_path: {out}")
+    return EXIT_OK
+
+
 def cmd_schema(args) -> int:
     import json
 
@@ -310,6 +350,7 @@ COMMANDS = {
     "status": cmd_status,
     "validate": cmd_validate,
     "plan": cmd_plan,
+    "import-model": cmd_import_model,
     "sweep": cmd_sweep,
     "schema": cmd_schema,
 }

@@ -15,7 +15,8 @@ from ..core.checkpoint import write_bytes_atomic, write_text_atomic
 from ..core.config import dump_config
 from ..core.metrics import sample_metrics
 from ..core.rundir import PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
-from ..core.stats import first_detection
+from ..core.seeding import derive_seed
+from ..core.stats import PairedDetection, first_detection, first_detection_paired
 from ..core.tracking import wandb_group
 from ..engines.data import reference_rows
 from ..engines.families import plotted_metrics as panels
@@ -206,23 +207,56 @@ def effect_table(rows: list[dict]) -> list[dict]:
 DETECTION_KEYS = M.WITH_CI
 
 
-def early_warning(rows: list[dict]) -> tuple[list[tuple[str, float]], dict[str, dict[tuple[str, float], str]]]:
+def early_warning(
+    rows: list[dict], paired: dict[str, dict[str, PairedDetection]] | None = None
+) -> tuple[list[tuple[str, float]], dict[str, dict[tuple[str, float], str]]]:
     """metric -> (regime, c) -> "median first-detection generation (detected/lineages)" over the
-    seeds and other axes of each contaminated cell (c > 0)."""
+    seeds and other axes of each contaminated cell (c > 0): first the paired tests (where the
+    per-unit values were saved), then the interval-overlap rule for every metric with intervals."""
     cells = sorted({(r[M.REGIME], r[M.CONTAMINATION]) for r in rows if r[M.CONTAMINATION] > 0})
     lineage_cell = {r[M.LINEAGE]: (r[M.REGIME], r[M.CONTAMINATION]) for r in rows}
-    table: dict[str, dict] = {}
-    for key in DETECTION_KEYS:
-        if not any(key in r for r in rows):
-            continue
-        found = first_detection(rows, key)
-        table[key] = {}
+
+    def summarize(found: dict[str, int | None]) -> dict[tuple[str, float], str]:
+        out = {}
         for cell in cells:
-            gens = [found[name] for name, c in lineage_cell.items() if c == cell]
+            gens = [found[name] for name, c in lineage_cell.items() if c == cell and name in found]
             hits = sorted(g for g in gens if g is not None)
             median = hits[len(hits) // 2] if hits else None
-            table[key][cell] = f"{median if median is not None else '—'} ({len(hits)}/{len(gens)})"
+            out[cell] = f"{median if median is not None else '—'} ({len(hits)}/{len(gens)})"
+        return out
+
+    table: dict[str, dict] = {}
+    for key, found in (paired or {}).items():
+        table[f"{key} (paired)"] = summarize({name: d.generation for name, d in found.items()})
+    for key in DETECTION_KEYS:
+        if any(key in r for r in rows):
+            table[key] = summarize(first_detection(rows, key))
     return cells, table
+
+
+def paired_detections(run: RunDir, rows: list[dict]) -> dict[str, dict[str, PairedDetection]]:
+    """metric -> lineage -> paired first detection, for the metrics whose per-unit values the
+    units saved (metrics.PAIRED); metrics without them are left out."""
+    specs = {s.name: s for s in run.lineages()}
+    loaded: dict[tuple[str, int], dict | None] = {}
+
+    def values_of(field: str):
+        def per_unit(name: str, k: int):
+            if (name, k) not in loaded:
+                loaded[(name, k)] = run.per_unit(specs[name], k) if name in specs else None
+            found = loaded[(name, k)]
+            return None if found is None else found.get(field)
+
+        return per_unit
+
+    seed = derive_seed(run.load_config().study.seed, "paired-tests")
+    out = {}
+    for metric, field in M.PAIRED.items():
+        if any(metric in r for r in rows):
+            found = first_detection_paired(rows, metric, values_of(field), seed=seed)
+            if any(d.p_values for d in found.values()):
+                out[metric] = found
+    return out
 
 
 RANK_KEYS = (M.PPL_REAL, M.PPL_REAL_P99, M.RARE_NGRAM_RECALL, M.DISTINCT_2, M.EMBED_DIVERSITY)
@@ -365,6 +399,7 @@ def markdown(
     reference: dict[str, float] | None = None,
     extra_sections: list[str] | None = None,
     header: list[str] | None = None,
+    paired: dict[str, dict[str, PairedDetection]] | None = None,
 ) -> str:
     lines = [
         f"# Study `{study_name}`",
@@ -395,15 +430,22 @@ def markdown(
             + ", ".join(f"{k} {v:.3g}" for k, v in reference.items())
             + ".",
         ]
-    cells, warn = early_warning(rows)
+    cells, warn = early_warning(rows, paired)
     if cells and warn:
         lines += [
             "",
             "## Early warning: generation of first detection",
             "",
-            "First generation whose 95% interval lies entirely on the collapse side of the c = 0 control's interval "
-            "at the same generation (same regime and seed; the lineage's own generation 0 where there is no control). "
-            "Median over lineages of the cell; (detected / lineages); — = never.",
+            "Median over the lineages of each cell; (detected / lineages); — = never.",
+            "",
+            "* `(paired)`: the first generation at which the lineage's per-sequence values (held-out sequences, "
+            "which every lineage scores; for sample metrics, samples drawn with the control's random numbers) exceed "
+            "the same-seed c = 0 control's at the same generation, by a one-sided sign-flip permutation test "
+            "(10,000 flips) with Holm's adjustment over the lineage's generations (family-wise error 5% per lineage "
+            "and metric; metrics are separate questions and are not corrected against each other).",
+            "* the other rows: the first generation whose 95% interval lies entirely on the collapse side of the "
+            "control's interval (the lineage's own generation 0 where there is no control). Conservative and blind "
+            "to the pairing.",
             "",
         ]
         lines += ["| metric | " + " | ".join(f"{r} c={c:g}" for r, c in cells) + " |", "|" + "---|" * (1 + len(cells))]
@@ -444,6 +486,7 @@ def write_report(root: str | Path, failed: dict[str, str] | None = None, rows: l
     search = run.search_events()
     if search:
         plot_search(search, root / SEARCH_PLOT_FILE)
-    text = markdown(rows, name, failed or {}, reference, search_section(search), provenance(root))
+    paired = paired_detections(run, rows) if rows else {}
+    text = markdown(rows, name, failed or {}, reference, search_section(search), provenance(root), paired)
     write_text_atomic(root / REPORT_FILE, text)
     return rows

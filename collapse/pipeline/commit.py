@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ..core import metrics as M
-from ..core.checkpoint import mark_done, write_json_atomic
+from ..core.checkpoint import write_json_atomic
 from ..core.plan import LineageSpec
-from ..core.rundir import DONE, TIMING_FILE, UNIT_METRICS
+from ..core.rundir import TIMING_FILE, UNIT_METRICS, seal_unit
 
 
 def metrics_row(
@@ -30,9 +29,10 @@ def metrics_row(
 
 
 def commit(out: Path, row: dict, timing: dict | None = None) -> dict:
-    """Write the unit's row, then its DONE marker (last: the unit is done iff DONE exists)."""
+    """Write the unit's row, then its DONE marker (last: the unit is done iff DONE exists), which
+    records every file's size and checksum."""
     if timing is not None:
         write_json_atomic(out / TIMING_FILE, timing)
     write_json_atomic(out / UNIT_METRICS, row)
-    mark_done(out, DONE, {"finished": time.time()})
+    seal_unit(out)
     return row

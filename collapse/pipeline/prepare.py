@@ -8,10 +8,10 @@ import logging
 from ..core.checkpoint import write_dir_atomic
 from ..core.config import Config, ConfigError
 from ..core.plan import sequences_per_generation
-from ..core.rundir import RunDir
-from ..engines.corpus import load_documents, split_documents
+from ..core.rundir import PREPARED, RunDir
+from ..engines.corpus import load_pools
 from ..engines.data import RealData, prepare_real_data
-from ..engines.tokenizer import load_tokenizer, train_bpe
+from ..engines.tokenizer import load_tokenizer, set_separator, train_bpe
 from .theory import prepare_theory_data
 
 log = logging.getLogger(__name__)
@@ -19,18 +19,27 @@ STATS_FILE = "stats.json"  # written last into the data dir by both preparers
 
 
 def prepare(run: RunDir, cfg: Config) -> None:
+    """Build what is missing, then record every file (prepared.json), once."""
+    _prepare(run, cfg)
+    if not (run.root / PREPARED).is_file():
+        run.seal_prepared()
+
+
+def _prepare(run: RunDir, cfg: Config) -> None:
     if cfg.model.family != "lm":
         if not (run.data_dir / STATS_FILE).is_file():
             prepare_theory_data(run.data_dir, cfg)
         return
     if (run.data_dir / STATS_FILE).is_file() and (run.tokenizer_dir / "tokenizer.json").is_file():
         return
-    docs = load_documents(cfg.data.source, cfg.data.text_field)
-    splits = split_documents(docs, cfg.data.eval_fraction, cfg.data.prompt_fraction)
+    splits = load_pools(cfg.data)
     if cfg.model.init == "base" or "base" in cfg.grid.extra.get("model.init", []):
         tokenizer = load_tokenizer(cfg.model.base_path)
     else:
         tokenizer = train_bpe([d.text for d in splits["train"]], cfg.data.vocab_size)
+    warning = set_separator(tokenizer, cfg.data.separator)
+    if warning:
+        log.warning(warning)
     prepare_real_data(run.data_dir, tokenizer, splits, cfg.data.seq_len)
     tokenizer.model_max_length = cfg.data.seq_len  # what every model of the study was trained on
     write_dir_atomic(run.tokenizer_dir, lambda d: tokenizer.save_pretrained(str(d)))

@@ -13,6 +13,7 @@ stopped, and every stage is a deterministic function of seeds and earlier stages
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,10 +21,10 @@ import numpy as np
 import torch
 
 from ..core import metrics as M
-from ..core.checkpoint import is_done, mark_done, read_json, remove_tree, write_json_atomic
+from ..core.checkpoint import is_done, mark_done, read_json, remove_tree, write_json_atomic, write_npz_atomic
 from ..core.config import Config
 from ..core.plan import LineageSpec, rows_per_generation
-from ..core.rundir import CORPUS_DIR, CORPUS_DONE, MODEL_DIR, TRAIN_META, TRAIN_ROWS, TRAIN_STATE
+from ..core.rundir import CORPUS_DIR, CORPUS_DONE, MODEL_DIR, PER_UNIT_FILE, TRAIN_META, TRAIN_ROWS, TRAIN_STATE
 from ..core.seeding import derive_seed, seed_everything
 from ..engines.data import build_training_set, reference_rows
 from ..engines.evaluation import evaluate_real, evaluate_samples, gen0_perplexity, token_nll
@@ -36,6 +37,8 @@ from ..engines.workers import DistributedSampler, InitSpec
 from .commit import commit, metrics_row
 from .context import StudyContext
 from .trainers import build_trainer
+
+log = logging.getLogger(__name__)
 
 
 def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
@@ -58,7 +61,8 @@ def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
         sample(ctx, unit, out, model, sampler, watermark, train_meta["weights_sha256"][:16])
         timing["sample_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = evaluate(ctx, unit, model, sampler, watermark)
+    metrics, per_unit = evaluate(ctx, unit, model, sampler, watermark)
+    write_npz_atomic(out / PER_UNIT_FILE, per_unit)  # before the row: DONE vouches for both
     timing["eval_s"] = time.perf_counter() - t
     extra = {
         M.TRAIN_TOKENS: train_meta["training_set"]["tokens"],
@@ -142,16 +146,21 @@ def sample(
         watermark,
     )
     save_corpus(out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, parent)
-    mark_done(out, CORPUS_DONE, {"rows": int(len(rows)), "tokens": int(rows.size), "params": params.__dict__})
+    ran = getattr(sampler, "ran", "") or type(sampler).__name__  # the fast path, or why it fell back
+    log.info("%s generation %d: sampled %d rows with %s", unit.label, k, len(rows), ran)
+    meta = {"rows": int(len(rows)), "tokens": int(rows.size), "params": params.__dict__, "sampler": ran}
+    mark_done(out, CORPUS_DONE, meta)
 
 
-def evaluate(ctx: StudyContext, unit, model, sampler: Sampler, watermark: Watermark | None) -> dict:
-    """Stage 5: held-out real text, then diversity and gen-0 perplexity of a fixed-size sample set."""
+def evaluate(ctx: StudyContext, unit, model, sampler: Sampler, watermark: Watermark | None) -> tuple[dict, dict]:
+    """Stage 5: held-out real text, then diversity and gen-0 perplexity of a fixed-size sample set.
+    Returns the metrics and the per-sequence / per-sample values behind the paired tests."""
     spec, k, cfg, study = unit.spec, unit.generation, unit.spec.config, ctx.cfg.study
     e = cfg.eval
     rng = np.random.default_rng(derive_seed(study.seed, unit.label, k, "bootstrap"))
+    per_unit: dict = {}
     real_metrics = evaluate_real(
-        model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng
+        model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng, per_unit
     )
     # Diversity on a fixed-size sample set seeded by (seed, generation) only: lineages with the
     # same seed draw with common random numbers, so their differences are the models'.
@@ -168,11 +177,35 @@ def evaluate(ctx: StudyContext, unit, model, sampler: Sampler, watermark: Waterm
     )
     reference = reference_rows(ctx.real.eval, e.num_samples)
     decode = lambda rows: ctx.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)  # noqa: E731
-    texts, ref_texts = (decode(samples), decode(reference)) if e.embeddings else (None, None)
-    div = evaluate_samples(samples, reference, ctx.tokenizer.eos_token_id, e.bootstrap, rng, texts, ref_texts)
+    absent: dict[str, str] = {}
+    div = evaluate_samples(
+        samples,
+        reference,
+        ctx.tokenizer.eos_token_id,
+        e.bootstrap,
+        rng,
+        decode(samples),
+        decode(reference),
+        per_unit,
+        e.embeddings,
+        absent,
+    )
+    note_absent(ctx.run, absent)
     gen0 = model if k == 0 else ctx.gen0_model(spec)
-    div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng))
-    return {**real_metrics, **div}
+    div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng, per_unit))
+    return {**real_metrics, **div}, per_unit
+
+
+def note_absent(run, absent: dict[str, str]) -> None:
+    """Configured metrics that could not be computed: one event and one printed line per metric
+    and study (the first unit to find it says it), so a missing value is never silent."""
+    if not absent:
+        return
+    said = {e.get("metric") for e in run.events() if e.get("event") == "absent"}
+    for metric, reason in sorted(absent.items()):
+        if metric not in said:
+            run.log_event({"event": "absent", "metric": metric, "reason": reason})
+            log.warning("metric %s is absent from every row: %s", metric, reason)
 
 
 def choose_sampler(ctx: StudyContext, cfg: Config, out: Path) -> Sampler:

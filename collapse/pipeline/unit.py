@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +13,11 @@ from ..core.checkpoint import (
     is_done,
     link_atomic,
     lock_path,
-    mark_done,
     read_json,
     write_json_atomic,
 )
 from ..core.plan import LineageSpec
-from ..core.rundir import CORPUS_DIR, CORPUS_DONE, DONE, MODEL_DIR, SHARED_POINTER, UNIT_METRICS
+from ..core.rundir import CORPUS_DIR, CORPUS_DONE, DONE, MODEL_DIR, SHARED_POINTER, UNIT_METRICS, seal_unit
 from .context import StudyContext
 from .stages import run_lm_stages, sample_missing_corpus
 from .theory import run_theory_stages
@@ -49,7 +47,7 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
     out = ctx.run.artifacts_dir(unit.spec.name, unit.spec.gen0_key, unit.generation)
     if is_done(out, DONE):
         return read_json(out / UNIT_METRICS)
-    for j in range(1, unit.generation):
+    for j in range(unit.generation):
         ensure_corpus(ctx, unit.spec, j)
     with exclusive(lock_path(out)):  # a straggler from a killed run may hold it
         if is_done(out, DONE):
@@ -73,7 +71,7 @@ def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
         if (shared / name).is_dir():
             link_atomic(mine / name, Path(os.path.relpath(shared / name, mine)))
     write_json_atomic(mine / UNIT_METRICS, row)
-    mark_done(mine, DONE, {"finished": time.time()})
+    seal_unit(mine)
     return row
 
 
@@ -84,11 +82,16 @@ def ensure_corpus(ctx: StudyContext, spec: LineageSpec, k: int) -> None:
     out = ctx.run.artifacts_dir(spec.name, spec.gen0_key, k)
     if not is_done(out, DONE) or is_done(out, CORPUS_DONE) or spec.corpus_rows == 0:
         return
+    # a shared generation 0 samples with its own seeds, as much as its sharers need (a study that
+    # was generation 0 only, extended)
+    unit = Unit.gen0([s for s in ctx.run.lineages() if s.gen0_key == spec.gen0_key]) if k == 0 else None
+    unit = unit or Unit.for_lineage(spec, k)
     with exclusive(lock_path(out)):
         if is_done(out, CORPUS_DONE):
             return
         clean_tmp(out)
         if spec.config.model.family != "lm":
-            run_theory_stages(ctx, Unit.for_lineage(spec, k), out)  # milliseconds: redo the unit, same numbers
+            run_theory_stages(ctx, unit, out)  # milliseconds: redo the unit, same numbers
         else:
-            sample_missing_corpus(ctx, Unit.for_lineage(spec, k), out)
+            sample_missing_corpus(ctx, unit, out)
+            seal_unit(out, {"finished": read_json(out / DONE).get("finished")})  # DONE now vouches for the corpus too
