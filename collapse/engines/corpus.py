@@ -31,9 +31,7 @@ def load_documents(source: str, text_field: str = "text") -> list[Document]:
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = datasets.concatenate_datasets(list(ds.values()))
+        ds = datasets.load_from_disk(str(path))  # one Dataset: a DatasetDict keeps its splits (load_pools)
         if text_field not in ds.column_names:
             raise ConfigError(
                 f"data.source {path}: no column `{text_field}` (columns: {ds.column_names}); set data.text_field"
