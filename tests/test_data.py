@@ -230,7 +230,7 @@ def _chat_tokenizer(tmp_path):
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        special_tokens=["<|endoftext|>", "<|im_end|>", "<s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(["Emma Woodhouse, handsome, clever, and rich."] * 20, trainer=trainer)
@@ -264,3 +264,50 @@ def test_a_chat_eos_is_warned_and_data_separator_replaces_it(tmp_path, small_cor
     )
     pool = np.load(run.data_dir / "train.npy")
     assert (pool == tok.eos_token_id).any() and not (pool == tok.convert_tokens_to_ids("<|im_end|>")).any()
+
+
+def test_data_start_token_begins_every_document_and_every_unconditional_sample(tmp_path, small_corpus):
+    from collapse.core.config import Config, ConfigError, ModelConfig, SampleConfig
+    from collapse.core.rundir import RunDir
+    from collapse.engines.hf_sampler import HFSampler
+    from collapse.engines.model import build_model
+    from collapse.engines.sampling import sample_rows
+    from collapse.engines.tokenizer import load_tokenizer, start_token_id
+    from collapse.pipeline.context import StudyContext
+    from collapse.pipeline.prepare import prepare
+
+    base = _chat_tokenizer(tmp_path)
+    assert start_token_id(load_tokenizer(base), None) == (None, None)
+    assert "chat-template token" in start_token_id(load_tokenizer(base), "<|im_end|>")[1]
+    with pytest.raises(ConfigError, match=r"data.start_token `<bos>` is not a token of the tokenizer"):
+        start_token_id(load_tokenizer(base), "<bos>")
+
+    cfg = Config().replace(
+        {
+            "data.source": str(small_corpus),
+            "model.init": "base",
+            "model.base_path": str(base),
+            "data.seq_len": 32,
+            "data.separator": "<|endoftext|>",
+            "data.start_token": "<s>",
+        }
+    )
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.save_config(cfg)
+    prepare(run, cfg)
+    ctx = StudyContext(run.root, cfg)
+    start, sep = ctx.start_id, ctx.tokenizer.eos_token_id
+    assert start == ctx.tokenizer.convert_tokens_to_ids("<s>") != sep
+    stream = np.load(run.data_dir / "train.npy").reshape(-1)
+    after_sep = stream[1:][stream[:-1] == sep]
+    assert stream[0] == start and len(after_sep) > 3 and (after_sep == start).all()  # [<s> doc </s>] [<s> doc ...
+
+    class Recording(HFSampler):  # the real sampler, remembering what it was asked to continue
+        def generate(self, model, prompts, params, seed_parts, pad_id):
+            self.prompts = prompts
+            return super().generate(model, prompts, params, seed_parts, pad_id)
+
+    sampler, model = Recording(4), build_model(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32), 300, 32, sep, 0)
+    rows, *_ = sample_rows(model, sampler, 3, SampleConfig(), 32, sep, ctx.real.prompt, ("s",), None, ctx.start_id)
+    assert (sampler.prompts[:, 0] == start).all() and rows.shape == (3, 32)  # the start token is dropped

@@ -6,6 +6,7 @@ seeded points under `slow`). Each recovers to the results of a run that never fa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 
@@ -15,7 +16,7 @@ from collapse.core.config import ConfigError
 from collapse.core.rundir import RunDir, read_metrics
 from collapse.launch.cli import main
 
-from .conftest import CONFIGS, set_args, tiny_overrides, without_timings
+from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides, wait_for, without_timings
 
 
 @pytest.fixture
@@ -194,3 +195,32 @@ def test_leftovers_of_a_killed_driver_are_cleaned_files_and_directories(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [".tokenizer.tmp-1a2b3c4d"]  # fresh: maybe still written
     run.clean_study_tmp()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_driver_killed_mid_training_takes_its_busy_worker_with_it_at_once(small_corpus, tmp_path):
+    """SIGTERM (what `kill` and a scheduler's preemption send) to the driver while a worker is in
+    a long training stage: the worker must not train on. It used to, because every forkserver child
+    held the forkserver's "alive" pipe open, so neither noticed the driver was gone."""
+    import psutil
+
+    out = tmp_path / "run"
+    # One unit that trains for minutes (a step checkpoint every 2 steps shows it is under way).
+    overrides = tiny_overrides(small_corpus, **{"data.tokens_per_generation": 2_000_000, "grid.contamination": [0.0]})
+    proc = popen_study([*CLI, "run", str(CONFIGS / "smoke.yaml"), "--out", str(out), *set_args(overrides)])
+    try:
+        assert wait_for(lambda: any(out.glob("shared/*/gen_000/train_state/step_*/step.json")), proc), "never trained"
+        study = [q for q in psutil.process_iter() if _session(q) == proc.pid]
+        assert len(study) >= 3  # the driver, the forkserver, a worker (and the resource tracker)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        _, alive = psutil.wait_procs(study, timeout=10)
+        assert not alive, [" ".join(q.cmdline())[:80] for q in alive]
+    finally:
+        kill_session(proc)
+
+
+def _session(process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except (ProcessLookupError, PermissionError):
+        return None

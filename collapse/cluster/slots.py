@@ -242,14 +242,25 @@ def _serve(conn, run_dir: str, uid: str) -> None:
 
 def _die_with_parent() -> None:
     """Linux: SIGKILL this process when its parent (the forkserver, which exits with the driver)
-    dies, so a killed driver leaves no worker holding a unit's lock."""
+    dies, so a killed driver leaves no worker holding a unit's lock.
+
+    The forkserver exits when the write end of its "alive" pipe closes, and multiprocessing hands
+    every child a copy of that end. A busy worker kept it open: with the driver gone (SIGTERM,
+    SIGKILL, a lost shell) the forkserver waited for the worker and the worker for the forkserver,
+    so the worker trained on for minutes, a 135M model's generation, before it found nobody to tell.
+    This worker starts no processes of its own through that forkserver, so it closes its copy."""
     import ctypes
     import signal
+    from multiprocessing import forkserver
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
 
 
 class RaySlots:

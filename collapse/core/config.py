@@ -40,6 +40,7 @@ STUDY_WIDE = (
     "data.splits",
     "data.join_lines",
     "data.separator",
+    "data.start_token",
     "data.eval_fraction",
     "data.prompt_fraction",
     "data.seq_len",
@@ -198,6 +199,12 @@ class DataConfig:
         "The token that ends each document and starts every unconditional sample (a document boundary); null: "
         "the tokenizer's EOS. Set it when a base model's EOS is a chat-template token (SmolLM2-Instruct's "
         "`<|im_end|>`), e.g. `<|endoftext|>`.",
+        default=None,
+    )
+    start_token: str | None = doc(
+        "A token put before every document and every unconditional sample's first token (a base model's BOS, "
+        "e.g. Llama's `<s>`, which it saw at every document start in pretraining); null: none, samples start "
+        "after the separator as after a document boundary.",
         default=None,
     )
     join_lines: JoinLines | None = doc(

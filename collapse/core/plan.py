@@ -87,7 +87,7 @@ EXECUTION_ONLY = (
 )  # fmt: skip
 # Scientific keys added after identity 2: left out of the identity while at their default, so that
 # run directories made before them (whose study.yaml lacks them) resume onto the same units.
-ADDED_LATER = {"data.splits": None, "data.join_lines": None, "data.separator": None}
+ADDED_LATER = {"data.splits": None, "data.join_lines": None, "data.separator": None, "data.start_token": None}
 IDENTITY_VERSION = 2  # 1: studies made before execution settings left the identity (they keep it)
 
 

@@ -36,24 +36,29 @@ def synthetic_source(generation: int) -> str:
     return f"synthetic/gen_{generation:03d}"
 
 
-def tokenize_to_chunks(tokenizer, docs: list[Document], seq_len: int) -> np.ndarray:
-    """Concatenate documents with EOS between them and cut into [rows, seq_len] chunks."""
+def tokenize_to_chunks(tokenizer, docs: list[Document], seq_len: int, start_id: int | None = None) -> np.ndarray:
+    """Concatenate documents with EOS after each (and `start_id` before each, when given) and cut
+    into [rows, seq_len] chunks."""
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     encoded = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
     for piece in encoded:
+        if start_id is not None:
+            ids.append(start_id)
         ids.extend(piece)
         ids.append(eos)
     n = len(ids) // seq_len
     return np.asarray(ids[: n * seq_len], dtype=TOKEN_DTYPE).reshape(n, seq_len)
 
 
-def prepare_real_data(out_dir: Path, tokenizer, splits: dict[str, list[Document]], seq_len: int) -> None:
+def prepare_real_data(
+    out_dir: Path, tokenizer, splits: dict[str, list[Document]], seq_len: int, start_id: int | None = None
+) -> None:
     def fill(tmp: Path) -> None:
         stats = {}
         for name in SPLITS:
             chunks = (
-                tokenize_to_chunks(tokenizer, splits[name], seq_len)
+                tokenize_to_chunks(tokenizer, splits[name], seq_len, start_id)
                 if splits[name]
                 else np.zeros((0, seq_len), TOKEN_DTYPE)
             )

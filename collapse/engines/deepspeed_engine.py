@@ -104,7 +104,7 @@ class DeepSpeedEngine:
 
         save = lambda step, losses: self._save(engine, step, losses, ckpt_root, rank)  # noqa: E731
         run_steps(cfg, optimizer, n_rows, start, steps, losses, seed_parts, train_step, save)
-        state = self._consolidate(engine, rank, ds_cfg)
+        state = self._consolidate(engine, rank)
         result = TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
         if hasattr(engine, "destroy"):  # frees DeepSpeed's hooks and buffers (newer releases)
             engine.destroy()
@@ -138,17 +138,42 @@ class DeepSpeedEngine:
         log.info("resumed DeepSpeed training at step %d from %s", meta["step"], latest)
         return int(meta["step"]), list(meta["losses"])
 
-    def _consolidate(self, engine, rank: int, ds_cfg: dict) -> dict | None:
-        """Full fp32 weights on rank 0 (ZeRO-3 gathers the partitioned parameters first)."""
-        module = engine.module
-        if ds_cfg.get("zero_optimization", {}).get("stage", 0) == 3:
-            deepspeed = import_deepspeed()
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = (
-                    {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
-                )
-        else:
-            state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+    def _consolidate(self, engine, rank: int) -> dict | None:
+        state = consolidate_fp32(engine.module, rank)
         _barrier()
         return state
+
+
+def consolidate_fp32(module: torch.nn.Module, rank: int) -> dict | None:
+    """The fp32 master weights as a full state dict on rank 0, assembled one parameter at a time.
+
+    ZeRO keeps the fp32 master copy partitioned in its optimizer. `safe_get_full_fp32_param` is
+    DeepSpeed's own path to it (what `zero_to_fp32` reads from checkpoint files): a collective that
+    gathers one parameter's partitions. So no rank ever holds more than one full parameter beyond
+    its shard, and only rank 0 keeps what it gathers: a model that fits no single device still
+    consolidates, where gathering every parameter at once would materialize it on every rank. Under
+    bf16 this is the master copy, not the low-precision weights cast up. Every rank must call this
+    (the parameters are visited in the same order everywhere); tied weights are gathered once.
+    """
+    deepspeed = import_deepspeed()
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor | None:
+        if rank != 0:
+            return None
+        tensor = tensor.detach()
+        return (tensor.float() if tensor.is_floating_point() else tensor).cpu().clone()
+
+    state, done = {}, {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) not in done:
+            full = safe_get_full_fp32_param(tensor) if isinstance(tensor, torch.nn.Parameter) else None
+            if full is not None:
+                done[id(tensor)] = keep(full)
+            elif hasattr(tensor, "ds_id"):  # a frozen ZeRO-3 parameter has no master copy: gather it alone
+                with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                    done[id(tensor)] = keep(tensor)
+            else:  # a buffer, or a parameter ZeRO stage 0 leaves whole
+                done[id(tensor)] = keep(tensor)
+        state[name] = done[id(tensor)]
+    return state if rank == 0 else None

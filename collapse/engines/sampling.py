@@ -96,18 +96,19 @@ def make_prompts(
     mode: str,
     seq_len: int,
     prompt_tokens: int,
-    eos_id: int,
+    start_id: int,
     prompt_pool: np.ndarray,
     seed_parts: tuple,
     keep_prompt: bool = True,
 ):
     """Returns (prompts [n, p], prompt_ids [n], new_tokens). Unconditional rows start at a document
-    boundary (EOS) and generate seq_len tokens. Prompted rows take a real prefix from the prompt
-    pool and generate the rest of seq_len (`keep_prompt`: the row keeps the prefix, Gambetta et
-    al.), or a full seq_len continuation of it (the row is the continuation only: Shumailov et al.'s
-    blocks, a real 64-token block continued by 64 new tokens)."""
+    boundary (`start_id`: the separator, or data.start_token) and generate seq_len tokens.
+    Prompted rows take a real prefix from the prompt pool and generate the rest of seq_len
+    (`keep_prompt`: the row keeps the prefix, Gambetta et al.), or a full seq_len continuation of
+    it (the row is the continuation only: Shumailov et al.'s blocks, a real 64-token block
+    continued by 64 new tokens)."""
     if mode == "unconditional":
-        return np.full((n, 1), eos_id, dtype=np.int32), np.full(n, -1, dtype=np.int64), seq_len
+        return np.full((n, 1), start_id, dtype=np.int32), np.full(n, -1, dtype=np.int64), seq_len
     if len(prompt_pool) == 0:
         raise ValueError("sample.mode is `prompted` but the prompt pool is empty: raise data.prompt_fraction")
     ids = np.concatenate(
@@ -127,15 +128,18 @@ def sample_rows(
     prompt_pool: np.ndarray,
     seed_parts: tuple,
     watermark=None,
+    start_id: int | None = None,
 ):
-    """n synthetic rows of exactly seq_len tokens, plus their prompt ids and prompt lengths."""
+    """n synthetic rows of exactly seq_len tokens, plus their prompt ids and prompt lengths.
+    Unconditional rows start from `start_id` (default: `eos_id`, the separator), which is dropped."""
     keep = cfg.keep_prompt
+    start = eos_id if start_id is None else start_id
     prompts, prompt_ids, new_tokens = make_prompts(
-        n, cfg.mode, seq_len, cfg.prompt_tokens, eos_id, prompt_pool, seed_parts, keep
+        n, cfg.mode, seq_len, cfg.prompt_tokens, start, prompt_pool, seed_parts, keep
     )
     params = SampleParams.from_config(cfg, new_tokens, watermark)
     full = sampler.generate(model, prompts, params, seed_parts, eos_id)
-    # Unconditional: drop the EOS start token. Prompted: keep the real prefix (counted in
+    # Unconditional: drop the start token. Prompted: keep the real prefix (counted in
     # num_prompt_tokens), or drop it and keep the continuation.
     if cfg.mode == "unconditional":
         return full[:, 1:], prompt_ids, 0, params

