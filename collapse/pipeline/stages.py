@@ -28,6 +28,7 @@ from ..core.plan import LineageSpec, rows_per_generation
 from ..core.rundir import CORPUS_DIR, CORPUS_DONE, MODEL_DIR, PER_UNIT_FILE, TRAIN_META, TRAIN_ROWS, TRAIN_STATE
 from ..core.seeding import derive_seed, seed_everything
 from ..engines.data import build_training_set, reference_rows
+from ..engines.environment import trim_heap
 from ..engines.evaluation import evaluate_real, evaluate_samples, gen0_perplexity, token_nll
 from ..engines.mitigation import apply_filter, verified_order, watermark_for
 from ..engines.model import count_parameters, load_model
@@ -76,6 +77,8 @@ def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
     timing["finished_at"] = time.time()
     # This process's high-water RSS so far: a worker's or lineage actor's peak over its generations.
     timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trim_heap()
+    timing["rss_mb"] = _current_rss_mb()  # what the process keeps between units: a leak would show here
     return commit(out, row, timing)
 
 
@@ -111,6 +114,7 @@ def train(ctx: StudyContext, unit, out: Path, watermark: Watermark | None) -> to
     )
     init, parent = _init_spec(ctx, unit)
     ctx.release_gen0()  # training's peak is the lineage's peak: no idle model copy beside it
+    trim_heap()
     trained = build_trainer(ctx, cfg).fit(tset, init, k, (study.seed, unit.label, k), out)
     result = trained.result
     meta = {
@@ -212,6 +216,12 @@ def note_absent(run, absent: dict[str, str]) -> None:
         if metric not in said:
             run.log_event({"event": "absent", "metric": metric, "reason": reason})
             log.warning("metric %s is absent from every row: %s", metric, reason)
+
+
+def _current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def choose_sampler(ctx: StudyContext, cfg: Config, out: Path) -> Sampler:
