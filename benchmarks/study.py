@@ -98,7 +98,8 @@ def main() -> None:
         )
     share, peak = result["eval_share_of_compute"], result["peak_rss_mb"]
     print(f"evaluation: {share:.1%} of train + sample + eval; peak RSS {peak} MB")
-    write_results(args.name, {k: v for k, v in vars(args).items() if k != "name"}, result)
+    config = {"run_dir": args.run_dir} if args.run_dir else {"config": args.config}
+    write_results(args.name, config, result)
 
 
 if __name__ == "__main__":
