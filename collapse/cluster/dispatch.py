@@ -5,6 +5,7 @@ checkpoint. The same loop runs in the driver (`--local`) and in the detached sch
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from ..core.plan import LineageSpec
@@ -14,6 +15,9 @@ from .queue import Gen0Work, LineageWork, Work, WorkQueue
 from .slots import Slots
 
 log = logging.getLogger(__name__)
+# How long work may wait with no slot able to take it (a lost node took the capacity, and nothing
+# replaced it) before its lineages are failed with one line saying so; `collapse resume` continues.
+CAPACITY_WAIT_S = float(os.environ.get("COLLAPSE_CAPACITY_WAIT_S", "600"))
 
 
 def dispatch(run: RunDir, ledger: Ledger, make_slots) -> Slots:
@@ -73,19 +77,33 @@ def dispatch(run: RunDir, ledger: Ledger, make_slots) -> Slots:
         ledger.retrying(work.unit, n, res.max_retries, delay, text)
         return True
 
+    def give_up(waited: float) -> None:
+        """No slot could take the queued work for CAPACITY_WAIT_S: fail what waits, in one line each."""
+        why = (
+            f"no slot could start for {waited:.0f} s: the cluster has no free {slots.waiting_for()} for a lineage "
+            "actor (a node was lost?); add capacity, then `collapse resume`"
+        )
+        while (work := queue.next(include_delayed=True)) is not None:
+            failed(work, why)
+
+    stall = Stall(ledger)
     try:
-        for h in range(slots.size):
-            assign(h)
         while inflight or queue.pending:
+            busy = {v[0] for v in inflight.values()}
+            for idle in [h for h in range(slots.size) if h not in busy and slots.ready(h)]:
+                assign(idle)  # a lineage's next generation, or new work (a generation 0 finished, a backoff ran out)
             if not inflight:
-                time.sleep(0.5)  # only retries waiting out their backoff
+                if stall.waiting(queue.due, slots.waiting_for()) > CAPACITY_WAIT_S:
+                    give_up(stall.waiting(True, ""))
+                time.sleep(0.1)  # retries waiting out their backoff, or slots still starting or waiting for capacity
+                continue
+            stall.clear()
             for handle, result, error, text in slots.wait(list(inflight), timeout=1.0):
                 h, work, k = inflight.pop(handle)
                 if error is not None:
                     current[h] = None
                     if slots.lost(error):
                         if retry(h, work, error, text):
-                            assign(h)
                             continue
                         text += f" (after {res.max_retries} retries)"
                     failed(work, text)
@@ -94,11 +112,35 @@ def dispatch(run: RunDir, ledger: Ledger, make_slots) -> Slots:
                 else:
                     for new in ledger.finished(work.spec, k, result):
                         queue.add(new)
-                assign(h)
-            busy = {v[0] for v in inflight.values()}
-            for idle in [h for h in range(slots.size) if h not in busy]:
-                assign(idle)  # lineages that just became ready (a generation 0 finished, a backoff ran out)
+                assign(h)  # it just answered, so it is ready: its lineage's next generation first
     except BaseException:
         slots.shutdown()
         raise
     return slots
+
+
+class Stall:
+    """Since when queued work has had no slot to run on (and no unit is running): said once, as an
+    event the driver prints, so a study that cannot go on never looks merely slow."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger, self.since = ledger, None
+
+    def waiting(self, due: bool, needs: str) -> float:
+        if not due:
+            self.since = None
+            return 0.0
+        if self.since is None:
+            self.since = time.monotonic()
+            self.said = False
+        waited = time.monotonic() - self.since
+        if waited > STALL_SAY_S and not self.said:
+            self.said = True
+            self.ledger.stalled(needs, CAPACITY_WAIT_S)
+        return waited
+
+    def clear(self) -> None:
+        self.since = None
+
+
+STALL_SAY_S = 60.0  # an actor normally starts (imports torch) within seconds

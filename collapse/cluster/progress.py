@@ -39,6 +39,13 @@ def format_row(row: dict) -> str:
     return "  ".join(f"{k} {row.get(k, float('nan')):.4g}" for k in keys)
 
 
+def stalled_line(event: dict) -> str:
+    return (
+        f"no slot can start: the cluster has no free {event['needs']} for a lineage actor (a node was lost?); "
+        f"waiting for capacity, at most {event['give_up_s']:.0f} s"
+    )
+
+
 class ProgressView:
     """With a terminal: one bar per lineage (generations done / total) and a status column. Without
     one (a Slurm .out, nohup, CI): one plain line per finished generation or failure, and a
@@ -101,6 +108,11 @@ class ProgressView:
         failed = sum("failed" in s for s in self.status.values())
         self._line(f"{sum(self.done.values())}/{total} generations done, {running} running, {failed} failed lineages")
 
+    def say(self, text: str) -> None:
+        """One line, whatever the mode (a terminal's board or plain logs); nothing when disabled."""
+        if self.enabled:
+            console.print(f"[yellow]{text}[/yellow]", soft_wrap=True)
+
     def _line(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -157,6 +169,11 @@ class Ledger:
         )
         if unit in self.view.tasks:
             self.view.update(unit, f"[yellow]retry {attempt}[/yellow] (actor lost)")
+
+    def stalled(self, needs: str, give_up_s: float) -> None:
+        event = {"event": "stalled", "needs": needs, "give_up_s": give_up_s}
+        self.run.log_event(event)
+        self.view.say(stalled_line(event))
 
     def failed_lineage(self, name: str, error: str) -> None:
         self.failed[name] = error

@@ -56,8 +56,9 @@ class WorkQueue:
         self.ready.sort(key=lambda s: -estimated_cost(s, generations))
         self.delayed: list[tuple[float, Work]] = []  # (due time, work): retries after a backoff
 
-    def next(self) -> Work | None:
-        now = time.monotonic()
+    def next(self, include_delayed: bool = False) -> Work | None:
+        """The next work item to start; `include_delayed`: retries still in their backoff too."""
+        now = float("inf") if include_delayed else time.monotonic()
         for due, work in [d for d in self.delayed if d[0] <= now]:
             self.delayed.remove((due, work))
             if isinstance(work, Gen0Work):
@@ -76,6 +77,12 @@ class WorkQueue:
 
     def retry_later(self, work: Work, delay: float) -> None:
         self.delayed.append((time.monotonic() + delay, work))
+
+    @property
+    def due(self) -> bool:
+        """Work could start now (not only retries still waiting out their backoff)."""
+        now = time.monotonic()
+        return bool(self.gen0 or self.ready or any(d[0] <= now for d in self.delayed))
 
     @property
     def pending(self) -> bool:

@@ -5,17 +5,21 @@ finds) it and watches the run directory, so the driver can die (a closed laptop,
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from ..core.rundir import RunDir
 from .dispatch import dispatch
-from .progress import Ledger, ProgressView, console, log_study_run
+from .progress import Ledger, ProgressView, console, log_study_run, stalled_line
 from .queue import WorkQueue
-from .slots import RaySlots
+from .slots import SHUTDOWN_TIMEOUT_S, RaySlots
 from .worker import catch_up_tracking, setup_worker_logging
 
 SCHEDULER_NAMESPACE = "collapse"
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
+# After the last row, the most the driver waits for the scheduler's wrap-up (its actors closing their
+# W&B runs, bounded by SHUTDOWN_TIMEOUT_S each, then the study-level run) before it stops it.
+WRAP_UP_S = SHUTDOWN_TIMEOUT_S + 60.0
 
 
 def scheduler_name(uid: str) -> str:
@@ -121,7 +125,7 @@ def drive_scheduler(
     """Start (or find) the study's scheduler, watch the run dir until its units are done, call
     `while_wrapping_up(outcome)` while the scheduler closes its actors, then stop it."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
     restarts = 0
     seen_events = len(run.events())
@@ -131,9 +135,6 @@ def drive_scheduler(
         try:
             seen_events = _watch(run, generations, ref, seen_events)
             outcome = ray.get(ref)
-            wrap_up = sched.wait_wrap_up.remote()
-            while_wrapping_up(outcome)
-            ray.get(wrap_up)
             break
         except RayActorError as exc:
             restarts += 1
@@ -144,7 +145,27 @@ def drive_scheduler(
                 "disk)[/yellow]"
             )
             sched = start_scheduler(run, uid)
-    ray.kill(sched)  # detached: it would outlive the study otherwise
+    # Every row is in. The scheduler closes its actors' W&B runs while this process writes the
+    # report; whatever died or hangs there, the driver waits at most WRAP_UP_S (a resume logs what
+    # was not logged), then stops the scheduler and its actors.
+    deadline = time.monotonic() + WRAP_UP_S
+    wrap_up = sched.wait_wrap_up.remote()
+    while_wrapping_up(outcome)
+    try:
+        ray.get(wrap_up, timeout=max(1.0, deadline - time.monotonic()))
+    except GetTimeoutError:
+        console.print(
+            f"[yellow]closing the lineages' W&B runs took over {WRAP_UP_S:.0f} s; stopping them (`collapse resume` "
+            "logs what was not logged)[/yellow]",
+            soft_wrap=True,
+        )
+    except RayError as exc:  # the scheduler or its node died after the last row: nothing of the study is lost
+        console.print(
+            f"[yellow]the scheduler was lost while closing W&B runs ({type(exc).__name__}); `collapse resume` logs "
+            "what was not logged[/yellow]",
+            soft_wrap=True,
+        )
+    ray.kill(sched)  # detached: it would outlive the study otherwise (its actors die with it)
     return outcome
 
 
@@ -165,6 +186,8 @@ def _watch(run: RunDir, generations: int, ref, seen_events: int) -> int:
                         f"({e['error'][:120]})[/yellow]",
                         soft_wrap=True,
                     )
+                elif e["event"] == "stalled":
+                    console.print(f"[yellow]{stalled_line(e)}[/yellow]", soft_wrap=True)
                 elif e["event"] == "failed":
                     console.print(f"[red]{e['lineage']} failed[/red]: {e['error'][:200]}", soft_wrap=True)
             seen_events = len(events)

@@ -28,6 +28,15 @@ class Slots(Protocol):
         """True if the slot itself died (actor, worker process or node): retry elsewhere."""
         ...
 
+    def ready(self, slot: int) -> bool:
+        """True once the slot can take work: a Ray actor placed and constructed. A replacement for a
+        lost one may wait for capacity a lost node took with it; work goes to ready slots only."""
+        ...
+
+    def waiting_for(self) -> str:
+        """What a slot that is not ready waits for, in words (for the stall message)."""
+        ...
+
     def replace(self, slot: int) -> None: ...
 
     def close(self) -> None:
@@ -59,6 +68,12 @@ class InProcessSlots:
 
     def lost(self, error: BaseException) -> bool:
         return False  # an error in this process is the unit's own: no retry
+
+    def ready(self, slot: int) -> bool:
+        return True
+
+    def waiting_for(self) -> str:
+        return ""
 
     def replace(self, slot: int) -> None:
         pass
@@ -157,6 +172,12 @@ class ProcessSlots:
     def lost(self, error: BaseException) -> bool:
         return isinstance(error, WorkerLost)
 
+    def ready(self, slot: int) -> bool:
+        return True  # forked from the warm forkserver: it takes its first call at once
+
+    def waiting_for(self) -> str:
+        return ""
+
     def replace(self, slot: int) -> None:
         proc = self.procs[slot]
         if proc.is_alive():
@@ -191,7 +212,9 @@ class ProcessSlots:
             self.conns[slot].close()
 
 
-SHUTDOWN_TIMEOUT_S = 300.0  # a worker finishing its W&B calls; network timeouts are W&B's own
+# How long a slot may take to close its lineage's W&B runs at the end of a study before it is killed
+# (what it did not log, a resume logs): part of the bound on a study's ending (README "What survives what").
+SHUTDOWN_TIMEOUT_S = float(os.environ.get("COLLAPSE_SHUTDOWN_S", "120"))
 
 
 def warm_up(modules: list[str] | None = None):
@@ -265,7 +288,12 @@ def _die_with_parent() -> None:
 
 class RaySlots:
     """A pool of lineage actors. With DeepSpeed the lineage actor only coordinates; its training
-    workers (a placement group of their own) hold the CPUs/GPUs."""
+    workers (a placement group of their own) hold the CPUs/GPUs.
+
+    A slot is ready once its actor answered `ready()`. An actor that replaces one lost with its
+    node may never be placed (the lost node took the capacity), so work only goes to ready slots:
+    whatever capacity survives goes to the work that is left, and the dispatch loop says in one line
+    when nothing can run."""
 
     def __init__(self, run_dir: str, uid: str, cfg: Config, work: int):
         import ray
@@ -273,12 +301,20 @@ class RaySlots:
         deepspeed = cfg.train.engine == "deepspeed"
         cpu, res = cfg.resources.cpu, cfg.resources
         self.cap = res.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // (cpu * cfg.train.workers))
+        self.needs = {"CPU": 0 if deepspeed else cpu, "GPU": 0 if deepspeed else res.gpu}
         self.actor = ray.remote(LineageWorker).options(
-            num_cpus=0 if deepspeed else cpu, num_gpus=0 if deepspeed else res.gpu, max_restarts=0
+            num_cpus=self.needs["CPU"], num_gpus=self.needs["GPU"], max_restarts=0
         )
         self.run_dir, self.uid = run_dir, uid
         self.size = min(self.cap, work)
-        self.hosts = {h: self.actor.remote(run_dir, uid) for h in range(self.size)}
+        self.hosts: dict[int, Any] = {}
+        self._placing: dict[int, Any] = {}  # slot -> its actor's pending ready() call
+        for h in range(self.size):
+            self._start(h)
+
+    def _start(self, slot: int) -> None:
+        self.hosts[slot] = self.actor.remote(self.run_dir, self.uid)
+        self._placing[slot] = self.hosts[slot].ready.remote()
 
     def submit(self, slot: int, method: str, *args):
         return getattr(self.hosts[slot], method).remote(*args)
@@ -302,18 +338,47 @@ class RaySlots:
 
         return isinstance(error, RayActorError)
 
+    def ready(self, slot: int) -> bool:
+        import ray
+
+        ref = self._placing.get(slot)
+        if ref is None:
+            return True
+        done, _ = ray.wait([ref], timeout=0)
+        if done:  # constructed, or died trying: a submit then reports it lost
+            del self._placing[slot]
+        return bool(done)
+
+    def waiting_for(self) -> str:
+        return ", ".join(f"{v:g} {k}" for k, v in self.needs.items() if v) or "an actor"
+
     def replace(self, slot: int) -> None:
-        self.hosts[slot] = self.actor.remote(self.run_dir, self.uid)
+        import ray
+
+        try:
+            ray.kill(self.hosts[slot], no_restart=True)  # it may be alive (a lost rank of its own worker group)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        self._start(slot)
 
     def close(self) -> None:
         pass
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Let placed actors close their lineages (W&B) for at most `timeout` seconds, then kill
+        every actor: one that died, hangs or was never placed cannot hold the study's end."""
         import ray
 
-        ray.get([h.shutdown.remote() for h in self.hosts.values()])
+        timeout = SHUTDOWN_TIMEOUT_S if timeout is None else timeout
+        placed = [h for slot, h in self.hosts.items() if slot not in self._placing]
+        closing = [h.shutdown.remote() for h in placed]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=timeout)  # an error (a dead actor) is done too
         for actor in self.hosts.values():
-            ray.kill(actor)
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
 
 # Environment the actors on every node need: offline switches, and the object store's endpoint,
@@ -359,4 +424,15 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         ray.init(address=address, **kwargs)
     else:
         # address="local": always a fresh instance owned by this driver, never someone else's.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 * 1024**2, **kwargs)
+        # On loopback: this instance serves this machine only. The reaper takes it down with this
+        # process, also when this process is SIGKILLed (Ray's agents would outlive it otherwise).
+        from .reaper import start_reaper
+
+        start_reaper()
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            object_store_memory=256 * 1024**2,
+            _node_ip_address="127.0.0.1",
+            **kwargs,
+        )

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,17 @@ class TrainWorker:
             dist.destroy_process_group()
 
 
+class PlacementTimeout(RuntimeError):
+    """A worker group's placement group found no capacity in time."""
+
+
+# Bounds on waits for the training workers (README "What survives what"): placing the group, and
+# tearing its process group down. Training and sampling calls are the work itself: unbounded, but a
+# dead rank fails them at once (`WorkerGroup._gather`).
+PLACEMENT_TIMEOUT_S = float(os.environ.get("COLLAPSE_PLACEMENT_TIMEOUT_S", "600"))
+TEARDOWN_TIMEOUT_S = 60.0
+
+
 class WorkerGroup:
     def __init__(self, workers: int, cpu_per_worker: int, gpu_per_worker: int = 0):
         self.n = workers
@@ -179,7 +191,15 @@ class WorkerGroup:
         # group usually holds none itself.
         bundle = {"CPU": cpu_per_worker, **({"GPU": gpu_per_worker} if gpu_per_worker else {})}
         self.placement = placement_group([dict(bundle) for _ in range(workers)], strategy="PACK")
-        ray.get(self.placement.ready())
+        self.workers = []
+        try:
+            ray.get(self.placement.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise PlacementTimeout(
+                f"{workers} training workers of {bundle} could not be placed within {PLACEMENT_TIMEOUT_S:.0f} s: the "
+                "cluster lacks the capacity (a node was lost?); add capacity, then `collapse resume`"
+            ) from None
         self.workers = [
             ray.remote(TrainWorker)
             .options(
@@ -190,16 +210,34 @@ class WorkerGroup:
             .remote(r, workers, cpu_per_worker)
             for r in range(workers)
         ]
-        addr, port = ray.get(self.workers[0].address.remote())
-        ray.get([w.setup.remote(addr, port) for w in self.workers])
+        addr, port = self._gather([self.workers[0].address.remote()])[0]
+        self._gather([w.setup.remote(addr, port) for w in self.workers])
 
     def _call(self, method: str, *args, ranks=None):
         targets = self.workers if ranks is None else [self.workers[r] for r in ranks]
         if not self.remote:
             return [getattr(w, method)(*args) for w in targets]
+        return self._gather([getattr(w, method).remote(*args) for w in targets])
+
+    def _gather(self, refs: list, timeout: float | None = None) -> list:
+        """The ranks' results. The first rank that fails (its process or node died) fails the call
+        at once and takes the group down: its peers would otherwise wait in a collective for it until
+        the process group's own timeout (30 minutes). The lineage's unit is then retried from its
+        last step checkpoint on a fresh group."""
         import ray
 
-        return ray.get([getattr(w, method).remote(*args) for w in targets])
+        pending, deadline = list(refs), None if timeout is None else time.monotonic() + timeout
+        try:
+            while pending:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, pending = ray.wait(pending, num_returns=1, timeout=left)
+                if not done:
+                    raise ray.exceptions.GetTimeoutError(f"training workers did not answer within {timeout:.0f} s")
+                ray.get(done)  # raises the rank's error
+        except BaseException:
+            self.kill()
+            raise
+        return ray.get(refs)
 
     def fit(
         self,
@@ -222,9 +260,7 @@ class WorkerGroup:
         n_batches = -(-len(prompts) // sample_cfg.batch_size)
         shards = [list(range(r, n_batches, self.n)) for r in range(self.n)]  # round-robin by batch
         if self.remote:
-            import ray
-
-            parts = ray.get(
+            parts = self._gather(
                 [
                     w.sample.remote(str(model_dir), prompts, params, seed_parts, pad_id, sample_cfg, s)
                     for w, s in zip(self.workers, shards)
@@ -236,17 +272,28 @@ class WorkerGroup:
         return np.concatenate([merged[b] for b in range(n_batches)])
 
     def shutdown(self) -> None:
+        """Tear the process group down (bounded: a hung rank is killed), then free the placement."""
         try:
-            self._call("shutdown")
+            if self.workers:
+                if self.remote:
+                    self._gather([w.shutdown.remote() for w in self.workers], timeout=TEARDOWN_TIMEOUT_S)
+                else:
+                    self._call("shutdown")
         finally:
-            if self.remote:
-                import ray
-                from ray.util.placement_group import remove_placement_group
+            self.kill()
 
-                for w in self.workers:
-                    ray.kill(w)
+    def kill(self) -> None:
+        """Kill every rank and free the placement group (nothing waits on a rank that died)."""
+        if self.remote:
+            import ray
+            from ray.util.placement_group import remove_placement_group
+
+            for w in self.workers:
+                with contextlib.suppress(Exception):
+                    ray.kill(w, no_restart=True)
+            with contextlib.suppress(Exception):
                 remove_placement_group(self.placement)
-            self.workers = []
+        self.workers = []
 
 
 class DistributedSampler:

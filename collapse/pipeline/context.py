@@ -85,7 +85,7 @@ class StudyContext:
 
     def workers(self, n: int, cpu: int, gpu: int = 0) -> WorkerGroup:
         """The lineage's DeepSpeed worker group, started once and reused across generations."""
-        if self._workers is None or self._workers.n != n:
+        if self._workers is None or self._workers.n != n or not self._workers.workers:  # none yet, or killed
             self.close_workers()
             self._workers = WorkerGroup(n, cpu, gpu)
         return self._workers
