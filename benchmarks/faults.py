@@ -242,22 +242,28 @@ class Harness:
             outcome.notes.append(f"damaged: {target}")
 
     def _check_invariant(self, run_dir: Path, before: dict[str, str], outcome: Outcome) -> None:
-        run, ref = RunDir(run_dir), RunDir(self.reference)
-        problems = outcome.problems
-        if _rows(run_dir) != _rows(self.reference):
-            problems.append("metrics.jsonl differs from the uninterrupted run's")
-        if _weights(run_dir) != _weights(self.reference):
-            problems.append("some unit's weights differ from the uninterrupted run's")
-        redone = {e["unit"] for e in run.events() if e.get("event") == "damaged"}
-        for unit, record in before.items():
-            now = (run_dir / unit / DONE).read_text() if (run_dir / unit / DONE).is_file() else None
-            if now != record and unit not in redone:
-                problems.append(f"{unit} was DONE and ran again")
-        damaged = run.damaged_units(run.lineages(), ref.load_config().study.generations)
-        problems += [f"{d.unit_dir.relative_to(run_dir)}/{d.name} {d.problem} after recovery" for d in damaged]
-        leftovers = [p for p in run_dir.rglob(".*.tmp-*")]
-        if leftovers:
-            problems.append(f"temporary files left: {leftovers[:3]}")
+        check_invariant(run_dir, self.reference, before, outcome)
+
+
+def check_invariant(run_dir: Path, reference: Path, before: dict[str, str], outcome: Outcome) -> None:
+    """Recovered exactly: the reference's rows and weights, no DONE unit run again unless resume
+    named it damaged, every checksum good, no temporary file left."""
+    run, ref = RunDir(run_dir), RunDir(reference)
+    problems = outcome.problems
+    if _rows(run_dir) != _rows(reference):
+        problems.append("metrics.jsonl differs from the uninterrupted run's")
+    if _weights(run_dir) != _weights(reference):
+        problems.append("some unit's weights differ from the uninterrupted run's")
+    redone = {e["unit"] for e in run.events() if e.get("event") == "damaged"}
+    for unit, record in before.items():
+        now = (run_dir / unit / DONE).read_text() if (run_dir / unit / DONE).is_file() else None
+        if now != record and unit not in redone:
+            problems.append(f"{unit} was DONE and ran again")
+    damaged = run.damaged_units(run.lineages(), ref.load_config().study.generations)
+    problems += [f"{d.unit_dir.relative_to(run_dir)}/{d.name} {d.problem} after recovery" for d in damaged]
+    leftovers = [p for p in run_dir.rglob(".*.tmp-*")]
+    if leftovers:
+        problems.append(f"temporary files left: {leftovers[:3]}")
 
 
 # -- what the invariant compares -------------------------------------------------------------------

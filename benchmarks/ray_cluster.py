@@ -96,7 +96,7 @@ class CliCluster:
     def start(self) -> CliCluster:
         head = ["--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}", "--include-dashboard=false"]
         self._start_node("head", [*head, "--disable-usage-stats", f"--temp-dir={self.temp_dir}"])
-        for i in range(self.n_workers):
+        for _ in range(self.n_workers):
             self.add_worker()
         return self
 
@@ -196,16 +196,11 @@ class CliCluster:
         """Processes of this cluster still alive (after `stop`: none may be)."""
         return [f"{q.pid} {q.name()}" for q in self.processes() if q.is_running()]
 
-    def node_of(self, pid: int) -> str | None:
-        """Which of this cluster's nodes process `pid` belongs to (None: not one of ours)."""
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                for v in f.read().split(b"\0"):
-                    if v.startswith(f"{MARKER_ENV}={self.id}/".encode()):
-                        return v.decode().split("/", 1)[1]
-        except OSError:
-            pass
-        return None
+    def node_of_process(self, process: psutil.Process) -> str | None:
+        """Which of this cluster's nodes `process` belongs to (None: not one of ours)."""
+        self.processes()
+        name, known = self._seen.get(process.pid, (None, None))
+        return name if known is not None and known == process else None
 
     def __enter__(self) -> CliCluster:
         try:

@@ -18,9 +18,11 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..core import metrics as M
 from ..core.config import Config
-from ..core.plan import LineageSpec, spec_for_point
-from ..core.rundir import DONE_S, FAILED_S, RUNNING, RunDir, Snapshot
+from ..core.plan import AGGREGATE_ABOVE, LineageSpec, cell_name, spec_for_point
+from ..core.rundir import DONE_S, FAILED_S, METRICS_FILE, RUNNING, RunDir, Snapshot
+from ..core.storage import after_write, is_remote_backed
 from ..core.tracking import log_study_summary, wandb_group
 from ..engines.families import plotted_metrics
 from .search import ThresholdSearch
@@ -50,7 +52,11 @@ class ProgressView:
     """With a terminal: one bar per lineage (generations done / total) and a status column. Without
     one (a Slurm .out, nohup, CI): one plain line per finished generation or failure, and a
     heartbeat every COLLAPSE_HEARTBEAT_S seconds (60), never wrapped, so the log can be grepped and
-    tailed. `enabled=False`: silent (a scheduler actor has no terminal)."""
+    tailed. `enabled=False`: silent (a scheduler actor has no terminal).
+
+    A study of more than AGGREGATE_ABOVE lineages gets one bar per grid cell (its seeds together)
+    and, without a terminal, a line per cell at each tenth of its generations done: a thousand
+    lineages never make a thousand bars or a line per unit."""
 
     def __init__(self, generations: int, enabled: bool = True):
         self.total = generations + 1
@@ -71,6 +77,24 @@ class ProgressView:
         self.status: dict[str, str] = {}
         self.heartbeat_s = float(os.environ.get("COLLAPSE_HEARTBEAT_S", "60"))
         self._last_beat = time.monotonic()
+        self.cells: dict[str, list[str]] | None = None  # cell -> its lineages, when aggregated
+        self._cell_of: dict[str, str] = {}
+
+    def expect(self, names: list[str]) -> None:
+        """The lineages to show, before the first update: decides whether to aggregate them by cell."""
+        if self.cells is None and len(names) > AGGREGATE_ABOVE:
+            self.cells = {}
+            for name in names:
+                self._join_cell(name)
+
+    def _join_cell(self, name: str) -> str:
+        cell = self._cell_of.get(name)
+        if cell is None:
+            cell = self._cell_of[name] = cell_name(name)
+            self.cells.setdefault(cell, []).append(name)
+            if cell in self.tasks:
+                self.progress.update(self.tasks[cell], total=len(self.cells[cell]) * self.total)
+        return cell
 
     def __enter__(self) -> ProgressView:
         self.progress.__enter__()
@@ -81,6 +105,9 @@ class ProgressView:
 
     def update(self, name: str, status: str, done: int | None = None, row: dict | None = None) -> None:
         """`row`: the metrics of the generation that just finished (for the plain line)."""
+        if self.cells is not None:
+            self._update_cell(name, status, done)
+            return
         first = name not in self.tasks
         if first:
             self.tasks[name] = self.progress.add_task(name, total=self.total, completed=done or 0, status=status)
@@ -98,12 +125,42 @@ class ProgressView:
         self.status[name] = status
         self.beat()
 
+    def _update_cell(self, name: str, status: str, done: int | None) -> None:
+        cell = self._join_cell(name)
+        members = self.cells[cell]
+        old_status, old_done = self.status.get(name, ""), self.done.get(name, 0)
+        self.status[name] = status
+        if done is not None:
+            self.done[name] = done
+        if status == old_status and self.done.get(name, 0) == old_done and cell in self.tasks:
+            return  # nothing new (the driver of a detached scheduler redraws every lineage each tick)
+        completed = sum(self.done.get(n, 0) for n in members)
+        if cell not in self.tasks:
+            self.tasks[cell] = self.progress.add_task(
+                f"{cell} ({len(members)} seeds)", total=len(members) * self.total, completed=completed, status=""
+            )
+        running = sum("running" in self.status.get(n, "") for n in members)
+        self.progress.update(self.tasks[cell], completed=completed, status=f"{running} running")
+        if self.plain and self._started:
+            total = len(members) * self.total
+            was = completed - (self.done.get(name, 0) - old_done)
+            if completed * 10 // total > was * 10 // total:  # a line at each tenth of the cell's generations
+                self._line(f"{cell} ({len(members)} seeds): {completed}/{total} generations done")
+            if "failed" in status and "failed" not in old_status:
+                self._line(f"{name} failed")
+        self.beat()
+
+    @property
+    def _started(self) -> bool:
+        """Past the first update of every lineage (the initial state is not news)."""
+        return len(self.status) >= len(self._cell_of)
+
     def beat(self) -> None:
         """The heartbeat line, at most every `heartbeat_s` seconds (plain mode)."""
         if not self.plain or time.monotonic() - self._last_beat < self.heartbeat_s:
             return
         self._last_beat = time.monotonic()
-        total = len(self.tasks) * self.total
+        total = len(self.status) * self.total
         running = sum("running" in s for s in self.status.values())
         failed = sum("failed" in s for s in self.status.values())
         self._line(f"{sum(self.done.values())}/{total} generations done, {running} running, {failed} failed lineages")
@@ -118,6 +175,7 @@ class ProgressView:
 
     def show(self, snap: Snapshot) -> None:
         """Redraw from a run-dir snapshot (the driver of a detached scheduler)."""
+        self.expect(snap.lineages)
         for name in snap.lineages:
             states = [snap.states[(name, k)] for k in range(snap.generations + 1)]
             done = sum(st == DONE_S for st in states)
@@ -144,7 +202,12 @@ class Ledger:
         self.G = cfg.study.generations
         self.failed: dict[str, str] = {}
         self.search = _start_search(run, cfg, specs)
-        self._metrics_written = -float("inf")
+        # Every finished row, kept here: metrics.jsonl is rewritten in order from it (never by
+        # re-reading every unit), and grows by one appended line per unit in between.
+        view.expect([s.name for s in specs])
+        self.rows = {(r["lineage"], r[M.GENERATION]): r for r in self.rebuild_metrics(known=run.metrics_rows())}
+        self._appended: list[dict] = []
+        self._mirrored = time.monotonic()
         for s in specs:
             done = run.next_generation(s.name, self.G)
             view.update(s.name, "queued" if done <= self.G else "done", done)
@@ -155,12 +218,11 @@ class Ledger:
     def finished(self, spec: LineageSpec, k: int, row: dict) -> list[LineageSpec]:
         """Record a finished generation; return the lineages the search launches because of it."""
         self.view.update(spec.name, format_row(row) if k < self.G else "done  " + format_row(row), k + 1, row)
-        # metrics.jsonl is rebuilt from every finished unit: at most every few seconds (the end of
-        # the study writes it once more), else a study of thousands of fast units spends its time
-        # re-reading its own results.
-        if time.monotonic() - self._metrics_written > METRICS_EVERY_S:
-            self.rebuild_metrics()
-            self._metrics_written = time.monotonic()
+        self.rows[(spec.name, k)] = row
+        self.run.append_metrics([row])  # O(1) per unit: the study's cost per unit never grows with its size
+        if is_remote_backed(self.run.root) and time.monotonic() - self._mirrored > METRICS_EVERY_S:
+            after_write(self.run.root / METRICS_FILE)  # the bucket's copy: whole, every few seconds
+            self._mirrored = time.monotonic()
         return self._launched_by(spec, k, row)
 
     def retrying(self, unit: str, attempt: int, of: int, delay: float, error: str) -> None:
@@ -183,8 +245,9 @@ class Ledger:
         )
         self.view.update(name, "[red]failed[/red]")
 
-    def rebuild_metrics(self) -> list[dict]:
-        return self.run.rebuild_metrics([s.name for s in self.specs], self.G)
+    def rebuild_metrics(self, known: dict | None = None) -> list[dict]:
+        """metrics.jsonl rewritten in order from the rows in hand (each unit's DONE is still checked)."""
+        return self.run.rebuild_metrics([s.name for s in self.specs], self.G, self.rows if known is None else known)
 
     def _launched_by(self, spec: LineageSpec, k: int, row: dict) -> list[LineageSpec]:
         search = self.search

@@ -398,6 +398,26 @@ def use_token_auth_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+class Terminated(BaseException):
+    """The driver got SIGTERM (a scheduler's preemption, `kill`): it ends with one line, exit 143."""
+
+
+def _end_on_sigterm() -> None:
+    """Ray's core worker answers SIGTERM with a C++ stack dump and exit 1; a preempted driver
+    should end like any other: one line (the CLI's), its own exit code, `atexit` handlers run (a
+    local Ray instance is shut down). A detached scheduler on a cluster goes on without it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None:
     """Join `address`, or start a fresh local instance owned by this driver."""
     import logging
@@ -422,6 +442,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
     )
     if address:
         ray.init(address=address, **kwargs)
+        _end_on_sigterm()
     else:
         # address="local": always a fresh instance owned by this driver, never someone else's.
         # On loopback: this instance serves this machine only. The reaper takes it down with this
@@ -436,3 +457,4 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
             _node_ip_address="127.0.0.1",
             **kwargs,
         )
+        _end_on_sigterm()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..core.rundir import DEEP, LOGS_DIR, RunDir
+from ..core.rundir import DEEP, LOGS_DIR, RunDir, read_metrics
 from ..core.storage import after_write, catch_up_remote
 from ..pipeline.prepare import prepare
 from .dispatch import dispatch
@@ -80,7 +80,7 @@ def run_study(
 
         def wrapping_up(outcome: dict) -> None:
             result.slots = outcome["slots"]
-            finish(outcome["failed"], run.rebuild_metrics([s.name for s in run.lineages(cfg)], cfg.study.generations))
+            finish(outcome["failed"], read_metrics(run.root))  # the scheduler's ledger wrote it, in order
 
         drive_scheduler(run, cfg.study.generations, uid, wrapping_up)
     else:

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,17 @@ class LineageSpec:
 
 def _fmt(value: Any) -> str:
     return str(value).replace("/", "_").replace(" ", "")
+
+
+# Above this many lineages, views of a study (the live board, `status`, the printed and markdown
+# tables) show one row per grid cell, aggregated over its seeds: 100+ seeds per cell stay readable.
+AGGREGATE_ABOVE = 24
+
+
+def cell_name(lineage: str) -> str:
+    """A lineage's grid cell: its name without the seed (`c1.00-replace-s7` -> `c1.00-replace`).
+    Views of studies with many seeds aggregate over it."""
+    return re.sub(r"-s\d+(?=-|$)", "", lineage, count=1)
 
 
 def lineage_name(c: float, regime: str, seed: int, extra: dict[str, Any]) -> str:

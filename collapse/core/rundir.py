@@ -92,7 +92,13 @@ def gen_name(k: int) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The lines of a JSONL file. A last line without its newline is an append cut short (a killed
+    writer: metrics.jsonl grows by appends during a session) and is left out."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 @dataclass
@@ -342,7 +348,9 @@ class RunDir:
 
     # -- units -----------------------------------------------------------------------------------
     def unit_done(self, lineage: str, k: int) -> bool:
-        return is_done(self.unit_dir(lineage, k), DONE)
+        # os.path on a string, not pathlib: readers of a whole study (status, the ledger) ask this
+        # once per unit, 10^5 times for a large study
+        return os.path.isfile(f"{self.root}/lineages/{lineage}/{gen_name(k)}/{DONE}")
 
     def unit_row(self, lineage: str, k: int) -> dict:
         """A finished unit's metrics row."""
@@ -392,14 +400,39 @@ class RunDir:
         for name in sorted(doomed, key=lambda n: n not in MARKERS):  # markers first: they vouch for the rest
             remove_tree(unit_dir / name)
 
-    def rows(self, lineages: list[str], generations: int) -> list[dict]:
-        return [self.unit_row(name, k) for name in lineages for k in range(generations + 1) if self.unit_done(name, k)]
+    def rows(self, lineages: list[str], generations: int, known: dict | None = None) -> list[dict]:
+        """Every finished unit's row, in (lineage, generation) order; `known`: rows already in hand
+        by (lineage, generation), so only the others are read (a DONE marker is still checked for each)."""
+        known = known or {}
+        return [
+            known[(name, k)] if (name, k) in known else self.unit_row(name, k)
+            for name in lineages
+            for k in range(generations + 1)
+            if self.unit_done(name, k)
+        ]
 
-    def rebuild_metrics(self, lineages: list[str], generations: int) -> list[dict]:
-        """Rewrite metrics.jsonl from every finished unit (atomically); return its rows."""
-        rows = self.rows(lineages, generations)
+    def rebuild_metrics(self, lineages: list[str], generations: int, known: dict | None = None) -> list[dict]:
+        """Rewrite metrics.jsonl from every finished unit (atomically), in order; return its rows."""
+        rows = self.rows(lineages, generations, known)
         write_text_atomic(self.root / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         return rows
+
+    def append_metrics(self, rows: list[dict]) -> None:
+        """Add finished units' rows to metrics.jsonl while a study runs: one O_APPEND write of whole
+        lines, so a reader never sees half a line except at the end of a killed writer's file (which
+        readers skip). metrics.jsonl is a view of the units' own rows: each session rewrites it in
+        order (`rebuild_metrics`) at its start and end, so an append needs no fsync."""
+        if rows:
+            with open(self.root / METRICS_FILE, "a") as f:
+                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    def metrics_rows(self) -> dict[tuple[str, int], dict]:
+        """metrics.jsonl's rows by (lineage, generation): what a reader of the whole study starts
+        from (one file, not one per unit)."""
+        try:
+            return {(r["lineage"], r[M.GENERATION]): r for r in _read_jsonl(self.root / METRICS_FILE)}
+        except (ValueError, KeyError, TypeError):  # damaged: the units' own rows are the truth
+            return {}
 
     def mark_failed(self, lineage: str, error: str) -> None:
         write_json_atomic(self.lineage_dir(lineage) / FAILED, {"error": error, "time": time.time()})
@@ -410,7 +443,7 @@ class RunDir:
             remove_tree(path)
 
     def is_failed(self, lineage: str) -> bool:
-        return (self.lineage_dir(lineage) / FAILED).is_file()
+        return os.path.isfile(f"{self.root}/lineages/{lineage}/{FAILED}")
 
     # -- logs of what happened -------------------------------------------------------------------
     def log_session(self, entry: dict) -> None:
@@ -445,14 +478,16 @@ class RunDir:
         cfg = self.load_config()
         specs, G = self.lineages(cfg), cfg.study.generations
         states, rows = {}, {}
+        known = self.metrics_rows()  # one file; a unit's own row is read only when it is not there yet
         for spec in specs:
             failed = self.is_failed(spec.name)
             first_missing = True
             for k in range(G + 1):
                 if self.unit_done(spec.name, k):
                     states[(spec.name, k)] = DONE_S
-                    rows[(spec.name, k)] = self.unit_row(spec.name, k)
-                elif is_locked(lock_path(self.artifacts_dir(spec.name, spec.gen0_key, k))):
+                    rows[(spec.name, k)] = known.get((spec.name, k)) or self.unit_row(spec.name, k)
+                elif first_missing and is_locked(lock_path(self.artifacts_dir(spec.name, spec.gen0_key, k))):
+                    # only a lineage's first generation not done can run: one lock probe per lineage
                     states[(spec.name, k)] = RUNNING
                     first_missing = False
                 elif failed and first_missing:

@@ -277,6 +277,11 @@ def after_write(path: str | Path) -> None:
         mirror.push(path)
 
 
+def is_remote_backed(local_root: str | Path) -> bool:
+    """Whether this run directory is the working copy of a run at a remote URI."""
+    return _mirror_at(str(Path(local_root).resolve())) is not None
+
+
 def after_delete(path: str | Path) -> None:
     path = Path(path)
     mirror = _mirror_at(str(path.parent.resolve()))

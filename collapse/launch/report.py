@@ -14,7 +14,8 @@ from ..core import metrics as M
 from ..core.checkpoint import write_bytes_atomic, write_text_atomic
 from ..core.config import dump_config
 from ..core.metrics import sample_metrics
-from ..core.rundir import PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
+from ..core.plan import AGGREGATE_ABOVE, cell_name
+from ..core.rundir import METRICS_FILE, PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
 from ..core.seeding import derive_seed
 from ..core.stats import PairedDetection, first_detection, first_detection_paired
 from ..core.tracking import wandb_group
@@ -54,16 +55,36 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def shown_rows(rows: list[dict]) -> tuple[str, list[dict]]:
+    """The rows a printed table shows: every row, or (more than AGGREGATE_ABOVE lineages) one row
+    per grid cell and generation with each metric's mean over the cell's seeds, `lineage` holding
+    the cell and its seed count. Returns the first column's title and the rows."""
+    if len({r[M.LINEAGE] for r in rows}) <= AGGREGATE_ABOVE:
+        return "lineage", rows
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(cell_name(r[M.LINEAGE]), r[M.GENERATION])].append(r)
+    out = []
+    for (cell, k), group in groups.items():
+        mean = {M.LINEAGE: f"{cell} ({len(group)})", M.GENERATION: k}
+        for key in {key for r in group for key, v in r.items() if isinstance(v, (int, float))} - {M.GENERATION}:
+            values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
+            mean[key] = sum(values) / len(values)
+        out.append(mean)
+    return "cell (seeds): mean", out
+
+
 def print_table(rows: list[dict], console: Console | None = None) -> None:
     # Piped output (CI logs, `| less`) gets a fixed width instead of rich's 80-column default.
     console = console or Console(width=None if sys.stdout.isatty() else 130)
+    first, shown = shown_rows(rows)
     table = Table(title="collapse: lineage x generation", show_lines=False)
-    table.add_column("lineage", no_wrap=True)
+    table.add_column(first, no_wrap=True)
     table.add_column("gen", justify="right", min_width=3)
     keys = table_keys(rows)
     for key in keys:
         table.add_column(SHORT.get(key, key), justify="right", no_wrap=True)
-    for r in rows:
+    for r in shown:
         table.add_row(r[M.LINEAGE], str(r[M.GENERATION]), *(_fmt(r.get(k, float("nan"))) for k in keys))
     console.print(table)
 
@@ -460,10 +481,12 @@ def markdown(
             "Lower perplexity is better; `ref` rows are each regime without synthetic data.",
             "",
         ] + table
-    lines += ["", f"![collapse curves]({PLOT_FILE})", "", "## All rows", ""]
+    first, shown = shown_rows(rows)
+    title = "All rows" if shown is rows else f"Every cell, mean over its seeds (all {len(rows)} rows: `{METRICS_FILE}`)"
+    lines += ["", f"![collapse curves]({PLOT_FILE})", "", f"## {title}", ""]
     keys = table_keys(rows)
-    lines += ["| lineage | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]
-    for r in rows:
+    lines += [f"| {first} | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]
+    for r in shown:
         lines.append(
             f"| {r[M.LINEAGE]} | {r[M.GENERATION]} | " + " | ".join(_fmt(r.get(k, float("nan"))) for k in keys) + " |"
         )
