@@ -227,7 +227,8 @@ class RayHarness:
             outcome.notes.append(f"the sweep ended before point {point.at}")
         if point.kind == "head":
             done, ended = self.finish(proc)  # a driver whose cluster is gone ends on its own, in one line
-            outcome.notes.append(f"faulted sweep: exit {done.rc}")
+            last = done.stderr.strip().splitlines()[-1:] or [""]
+            outcome.notes.append(f"faulted sweep: exit {done.rc}, last line: {last[0][:200]}")
             _check_command("faulted sweep", done, outcome, allowed=ALLOWED[point.kind])
             cluster.stop()
             clusters.append(self.cluster(where / "cluster-2"))

@@ -123,3 +123,33 @@ def test_a_sigkilled_ray_run_leaves_no_ray_process_and_resume_finishes_exactly(s
     while _session_processes(resumed.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _session_processes(resumed.pid) == [], "the resumed study left processes behind"
+
+
+# -- the Ray-path fault harness (benchmarks/ray_faults.py) ------------------------------------------
+@pytest.fixture(scope="module")
+def ray_harness(tmp_path_factory):
+    from benchmarks.ray_faults import RayHarness
+
+    return RayHarness(tmp_path_factory.mktemp("ray-faults"))
+
+
+@pytest.mark.parametrize(
+    "kind, where",
+    [
+        ("head", 0.5),  # the whole cluster lost mid-study: the driver ends on its own; a new cluster resumes
+        ("driver-term", 0.4),  # SIGTERM to the driver: one line, the scheduler goes on, resume re-attaches
+    ],
+)
+def test_the_ray_fault_harness_recovers_exactly(ray_harness, kind, where):
+    from benchmarks.faults import Point
+
+    total = ray_harness.prepare_reference(ray_harness.study(kind))
+    outcome = ray_harness.run_point(Point(0, kind, max(1, int(where * total))))
+    assert outcome.verdict == "exact", (outcome.problems, outcome.notes)
+
+
+@pytest.mark.slow
+def test_thirty_seeded_ray_fault_points_recover_exactly_or_refuse_clearly(ray_harness):
+    outcomes = [ray_harness.run_point(p) for p in ray_harness.draw(seed=0, count=30)]
+    failed = [(o.point, o.problems) for o in outcomes if o.verdict == "failed"]
+    assert not failed, failed

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -22,8 +23,39 @@ from .config import ConfigError
 from .faults import fault_point
 from .storage import after_delete, after_write
 
+_deferred = threading.local()  # .dirs: directories whose fsync waits for the unit's DONE
+
+
+@contextmanager
+def unit_writes():
+    """Inside a unit: a file's rename is not made durable on its own (one directory fsync per
+    file), but all together, once, right before the DONE marker that vouches for them
+    (`sync_deferred`, which `mark_done` calls). A unit without DONE is redone anyway, so nothing
+    it wrote before DONE needs to survive a crash on its own. Halves a small unit's fsyncs."""
+    _deferred.dirs = set()
+    try:
+        yield
+    finally:
+        sync_deferred()
+        _deferred.dirs = None
+
+
+def sync_deferred() -> None:
+    for d in sorted(getattr(_deferred, "dirs", None) or ()):
+        _fsync_dir(d)
+    if getattr(_deferred, "dirs", None) is not None:
+        _deferred.dirs = set()
+
 
 def _fsync_dir(path: Path) -> None:
+    pending = getattr(_deferred, "dirs", None)
+    if pending is not None:
+        pending.add(path)
+        return
+    _fsync_dir_now(path)
+
+
+def _fsync_dir_now(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -189,7 +221,10 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def mark_done(dir_path: str | Path, marker: str, meta: dict[str, Any] | None = None) -> None:
+    """Write a marker, last: what it vouches for is durable first (deferred directory fsyncs run now)."""
+    sync_deferred()
     write_json_atomic(Path(dir_path) / marker, meta or {})
+    sync_deferred()  # the marker's own rename
 
 
 def is_done(dir_path: str | Path, marker: str) -> bool:

@@ -19,6 +19,7 @@ contamination. Every generation k contributes a block D_k:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,17 @@ def draw_rows(pool_size: int, count: int, rng: np.random.Generator) -> np.ndarra
     return np.concatenate(passes)[:count] if passes else np.zeros(0, dtype=np.int64)
 
 
+@lru_cache(maxsize=512)
+def _real_draw(pool_size: int, count: int, seed_parts: tuple, k: int) -> np.ndarray:
+    """Generation k's real rows for a lineage seed: the same draw every time it is asked for, so it
+    is kept. A slot runs a lineage's generations back to back, and an accumulating generation k
+    re-draws the real part of every block 0..k: kept, each block is drawn once per lineage, not
+    once per later generation (a permutation of the whole pool each; the numbers are the same)."""
+    idx = draw_rows(pool_size, count, numpy_rng(*seed_parts, "real", k))
+    idx.setflags(write=False)
+    return idx
+
+
 @dataclass
 class TrainingSet:
     rows: np.ndarray  # [n, seq_len] token ids
@@ -152,7 +164,7 @@ def generation_block(
             )
         idx = numpy_rng(*real_seed_parts, "real-reserve").permutation(len(real.train))[start : start + n_real]
     else:
-        idx = draw_rows(len(real.train), n_real, numpy_rng(*real_seed_parts, "real", k))
+        idx = _real_draw(len(real.train), n_real, tuple(real_seed_parts), k)
     parts, sources = [np.asarray(real.train[np.sort(idx)])], [REAL] * n_real
     if n_syn:
         syn = synthetic_of(k - 1)

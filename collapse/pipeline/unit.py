@@ -14,6 +14,7 @@ from ..core.checkpoint import (
     link_atomic,
     lock_path,
     read_json,
+    unit_writes,
     write_json_atomic,
 )
 from ..core.plan import LineageSpec
@@ -54,9 +55,10 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
             return read_json(out / UNIT_METRICS)
         out.mkdir(parents=True, exist_ok=True)
         clean_tmp(out)
-        if unit.spec.config.model.family != "lm":
-            return run_theory_stages(ctx, unit, out)
-        return run_lm_stages(ctx, unit, out)
+        with unit_writes():  # one directory fsync per marker, not per file
+            if unit.spec.config.model.family != "lm":
+                return run_theory_stages(ctx, unit, out)
+            return run_lm_stages(ctx, unit, out)
 
 
 def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
@@ -66,12 +68,13 @@ def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
     if is_done(mine, DONE):
         return read_json(mine / UNIT_METRICS)
     row = {**read_json(shared / UNIT_METRICS), **spec.identity(), M.GENERATION: 0}
-    write_json_atomic(mine / SHARED_POINTER, {"path": str(shared.relative_to(ctx.run.root))})
-    for name in (MODEL_DIR, CORPUS_DIR):  # so lineages/<name>/gen_000/model loads like every other generation
-        if (shared / name).is_dir():
-            link_atomic(mine / name, Path(os.path.relpath(shared / name, mine)))
-    write_json_atomic(mine / UNIT_METRICS, row)
-    seal_unit(mine)
+    with unit_writes():
+        write_json_atomic(mine / SHARED_POINTER, {"path": str(shared.relative_to(ctx.run.root))})
+        for name in (MODEL_DIR, CORPUS_DIR):  # so lineages/<name>/gen_000/model loads like every other generation
+            if (shared / name).is_dir():
+                link_atomic(mine / name, Path(os.path.relpath(shared / name, mine)))
+        write_json_atomic(mine / UNIT_METRICS, row)
+        seal_unit(mine)
     return row
 
 
