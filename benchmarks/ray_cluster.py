@@ -80,7 +80,7 @@ class CliCluster:
         base = {
             k: v
             for k, v in (os.environ if env is None else env).items()
-            if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "WANDB_SERVICE"))
+            if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "WANDB_SERVICE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"))
         }
         # Recent Ray turns token auth on whenever a token exists; make one so every node (and every
         # driver and `ray job submit` given `env`) runs the way a user's token-auth head does.

@@ -74,7 +74,7 @@ ALLOWED = {
     "actor": (0,),
     "rank": (0,),
     "driver-kill": (0, -9),
-    "driver-term": (0, -15),
+    "driver-term": (0, 143),
     "head": (0, 1),
     "enospc": (0, 1),
     "damage": (0, 1),

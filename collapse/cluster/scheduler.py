@@ -129,17 +129,23 @@ def drive_scheduler(
 
     restarts = 0
     seen_events = len(run.events())
+    head = HeadWatch()
     sched = start_scheduler(run, uid)  # a no-op when the driver already started it
     while True:
         ref = sched.run.remote()
         try:
-            seen_events = _watch(run, generations, ref, seen_events)
+            seen_events = _watch(run, generations, ref, seen_events, head)
             outcome = ray.get(ref)
             break
         except RayActorError as exc:
+            if not head.answers_within(HEAD_LOST_S):
+                _head_lost(head, run)  # the scheduler went with the cluster: nothing to restart it on
             restarts += 1
             if restarts > max_restarts:
-                raise
+                _end(
+                    f"[red]the scheduler was lost {restarts} times ({type(exc).__name__})[/red]; `collapse resume "
+                    f"{run.root} --address ...` continues from what is on disk"
+                )
             console.print(
                 f"[yellow]the scheduler was lost ({type(exc).__name__}); starting a new one (progress is on "
                 "disk)[/yellow]"
@@ -169,14 +175,82 @@ def drive_scheduler(
     return outcome
 
 
-def _watch(run: RunDir, generations: int, ref, seen_events: int) -> int:
+class HeadWatch:
+    """Whether the cluster's head still answers: a TCP connect to its GCS port every few seconds.
+    Ray's own client gives up on a lost head only after 60 s, and then aborts the process with a
+    C++ log line; the driver says it first, in its own line, and ends (exit 1)."""
+
+    EVERY_S = 2.0
+
+    def __init__(self):
+        import ray
+
+        try:
+            host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+            self.address: tuple[str, int] | None = (host, int(port))
+        except Exception:  # noqa: BLE001 - Ray client mode (ray://) has no GCS address here: no watch
+            self.address = None
+        self.checked, self.failing_since = 0.0, None
+
+    def answers_within(self, seconds: float) -> bool:
+        """Whether the head answers within `seconds` (True at once while it does)."""
+        deadline = time.monotonic() + seconds
+        while self.lost_for() > 0.0 or self.failing_since is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
+    def lost_for(self) -> float:
+        """Seconds the head has not answered (0 while it does)."""
+        import socket
+
+        now = time.monotonic()
+        if self.address is not None and now - self.checked >= self.EVERY_S:
+            self.checked = now
+            try:
+                socket.create_connection(self.address, timeout=self.EVERY_S).close()
+                self.failing_since = None
+            except OSError:
+                self.failing_since = self.failing_since or now
+        return 0.0 if self.failing_since is None else now - self.failing_since
+
+
+HEAD_LOST_S = 15.0
+
+
+def _head_lost(head: HeadWatch, run: RunDir) -> None:
+    host, port = head.address
+    _end(
+        f"[red]the cluster's head at {host}:{port} has not answered for {HEAD_LOST_S:.0f} s: the cluster is "
+        f"gone[/red]; start one and `collapse resume {run.root} --address HEAD` (every finished unit is on disk)"
+    )
+
+
+def _end(line: str) -> None:
+    """Say `line` and end the driver (exit 1) at once: Ray's exit handlers would wait on a cluster
+    that is gone, and its exception hook asks the head for more (a minute, then a C++ abort)."""
+    import os
+    import sys
+
+    console.print(line, soft_wrap=True)
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _watch(run: RunDir, generations: int, ref, seen_events: int, head: HeadWatch) -> int:
     """Live progress from the run dir (the scheduler may be on another node) until `ref` is ready."""
     import ray
 
+    snapshot_s = 0.0
     with ProgressView(generations) as view:
         while True:
-            ready, _ = ray.wait([ref], timeout=1.0)
-            view.show(run.snapshot())
+            ready, _ = ray.wait([ref], timeout=max(1.0, 10 * snapshot_s))
+            if head.lost_for() > HEAD_LOST_S:
+                _head_lost(head, run)
+            t0 = time.monotonic()
+            view.show(run.snapshot())  # a whole-study read: at most a tenth of the driver's time
+            snapshot_s = time.monotonic() - t0
             events = run.events()
             for e in events[seen_events:]:
                 # soft_wrap: one line per event, whatever the terminal width (logs are grepped)

@@ -398,22 +398,30 @@ def use_token_auth_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-class Terminated(BaseException):
-    """The driver got SIGTERM (a scheduler's preemption, `kill`): it ends with one line, exit 143."""
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process ended by it
 
 
 def _end_on_sigterm() -> None:
-    """Ray's core worker answers SIGTERM with a C++ stack dump and exit 1; a preempted driver
-    should end like any other: one line (the CLI's), its own exit code, `atexit` handlers run (a
-    local Ray instance is shut down). A detached scheduler on a cluster goes on without it."""
+    """Ray's core worker answers SIGTERM with a C++ stack dump and exit 1, and a Python exception
+    raised from a handler inside Ray's C calls surfaces as a SystemError traceback. A preempted
+    driver ends like any other: one line, exit 143, at once. It holds nothing to release (the kernel
+    drops its driver lock; units are locked by their workers); a detached scheduler on a cluster goes
+    on without it, and a local instance goes with its reaper."""
     import signal
+    import sys
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return
 
     def terminated(signum, frame):
-        raise Terminated()
+        print(
+            "terminated (SIGTERM); a study on a cluster goes on there: `collapse resume DIR --address ...` "
+            "re-attaches; otherwise `collapse resume DIR` continues it",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_TERMINATED)
 
     signal.signal(signal.SIGTERM, terminated)
 
@@ -424,6 +432,10 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
 
     if address:
         use_token_auth_if_available()  # before `import ray`: it reads the auth mode once, at import
+    else:
+        # A local instance serves this machine only: on loopback (Ray otherwise advertises the
+        # machine's network address). Read at import, so only where this process imports Ray first.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
     import ray
 
@@ -444,9 +456,9 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
         ray.init(address=address, **kwargs)
         _end_on_sigterm()
     else:
-        # address="local": always a fresh instance owned by this driver, never someone else's.
-        # On loopback: this instance serves this machine only. The reaper takes it down with this
-        # process, also when this process is SIGKILLed (Ray's agents would outlive it otherwise).
+        # address="local": always a fresh instance owned by this driver, never someone else's. The
+        # reaper takes it down with this process, also when this process is SIGKILLed (Ray's agents
+        # would outlive it otherwise).
         from .reaper import start_reaper
 
         start_reaper()
@@ -454,7 +466,6 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> None
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
             object_store_memory=256 * 1024**2,
-            _node_ip_address="127.0.0.1",
             **kwargs,
         )
         _end_on_sigterm()

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import __version__
 from ..core.config import ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 SET_HELP = "override a config key, value parsed as YAML (also accepted: key=value and --key=value)"
 
 
@@ -390,17 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; `collapse resume DIR` continues from the last finished stage", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BaseException as exc:
-        from ..cluster.slots import Terminated
-
-        if not isinstance(exc, Terminated):
-            raise
-        print(
-            "terminated (SIGTERM); a study on a cluster goes on there: `collapse resume DIR --address ...` "
-            "re-attaches, or `collapse resume DIR` continues it",
-            file=sys.stderr,
-        )
-        return EXIT_TERMINATED
 
 
 def entry() -> None:
