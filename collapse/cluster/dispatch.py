@@ -93,8 +93,9 @@ def dispatch(run: RunDir, ledger: Ledger, make_slots) -> Slots:
             for idle in [h for h in range(slots.size) if h not in busy and slots.ready(h)]:
                 assign(idle)  # a lineage's next generation, or new work (a generation 0 finished, a backoff ran out)
             if not inflight:
-                if stall.waiting(queue.due, slots.waiting_for()) > CAPACITY_WAIT_S:
-                    give_up(stall.waiting(True, ""))
+                waited = stall.waiting(queue.due, slots.waiting_for())
+                if waited > CAPACITY_WAIT_S:
+                    give_up(waited)
                 time.sleep(0.1)  # retries waiting out their backoff, or slots still starting or waiting for capacity
                 continue
             stall.clear()
@@ -112,7 +113,8 @@ def dispatch(run: RunDir, ledger: Ledger, make_slots) -> Slots:
                 else:
                     for new in ledger.finished(work.spec, k, result):
                         queue.add(new)
-                assign(h)  # it just answered, so it is ready: its lineage's next generation first
+                if slots.ready(h):  # it answered (a lost one was replaced): its lineage's next generation first
+                    assign(h)
     except BaseException:
         slots.shutdown()
         raise
@@ -124,7 +126,7 @@ class Stall:
     event the driver prints, so a study that cannot go on never looks merely slow."""
 
     def __init__(self, ledger: Ledger):
-        self.ledger, self.since = ledger, None
+        self.ledger, self.since, self.said = ledger, None, False
 
     def waiting(self, due: bool, needs: str) -> float:
         if not due:
