@@ -57,6 +57,7 @@ class LineageWorker:
         self.spec: LineageSpec | None = None
         self._log: LineageLog | None = None  # the open lineage's W&B run
         self._tracking = TrackingThread()
+        self._steps: tuple[str | None, int, int] = (None, 0, 0)  # (lineage, k, its steps of generations < k)
         if self.ctx.cfg.tracking.wandb != "disabled":
             self._tracking.submit(_import_wandb)  # warm, off the first unit's path
 
@@ -96,7 +97,7 @@ class LineageWorker:
             self.open(lineage)
         lineage_log = self._log
         if k > 0:  # live per-step training loss, on a step axis cumulative over the lineage's generations
-            offset = sum(self.ctx.run.unit_row(lineage, j).get(M.TRAIN_STEPS, 0) for j in range(k))
+            offset = self._step_offset(lineage, k)
             self.ctx.on_train_step = lambda step, loss: self._tracking.submit(
                 lambda: lineage_log.call(lambda t: t.log_train_step(offset + step + 1, loss))
             )
@@ -106,6 +107,17 @@ class LineageWorker:
             self.ctx.on_train_step = None
         self.log_pending(k)
         return row
+
+    def _step_offset(self, lineage: str, k: int) -> int:
+        """Training steps of generations 0..k-1 of `lineage`. Kept from the previous call, so the
+        generations a slot runs back to back read one earlier row each, not all of them."""
+        known, start, total = self._steps
+        if known != lineage or start > k:
+            start, total = 0, 0
+        for j in range(start, k):
+            total += self.ctx.run.unit_row(lineage, j).get(M.TRAIN_STEPS, 0)
+        self._steps = (lineage, k, total)
+        return total
 
     def run_gen0(self, lineages: list[str]) -> dict:
         """Run the generation 0 shared by `lineages`."""

@@ -19,7 +19,6 @@ contamination. Every generation k contributes a block D_k:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -101,15 +100,24 @@ def draw_rows(pool_size: int, count: int, rng: np.random.Generator) -> np.ndarra
     return np.concatenate(passes)[:count] if passes else np.zeros(0, dtype=np.int64)
 
 
-@lru_cache(maxsize=512)
+_kept_draws: dict = {}  # (pool size, count, seed parts, k) -> indices, for one lineage seed at a time
+
+
 def _real_draw(pool_size: int, count: int, seed_parts: tuple, k: int) -> np.ndarray:
     """Generation k's real rows for a lineage seed: the same draw every time it is asked for, so it
     is kept. A slot runs a lineage's generations back to back, and an accumulating generation k
     re-draws the real part of every block 0..k: kept, each block is drawn once per lineage, not
-    once per later generation (a permutation of the whole pool each; the numbers are the same)."""
-    idx = draw_rows(pool_size, count, numpy_rng(*seed_parts, "real", k))
-    idx.setflags(write=False)
-    return idx
+    once per later generation (a permutation of the whole pool each; the numbers are the same).
+    Only the current seed's draws are kept, so what a unit costs never depends on how many other
+    lineages the study has."""
+    key = (pool_size, count, seed_parts, k)
+    if key not in _kept_draws:
+        if any(kept[:3] != key[:3] for kept in _kept_draws):
+            _kept_draws.clear()
+        idx = draw_rows(pool_size, count, numpy_rng(*seed_parts, "real", k))
+        idx.setflags(write=False)
+        _kept_draws[key] = idx
+    return _kept_draws[key]
 
 
 @dataclass
