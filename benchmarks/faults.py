@@ -408,7 +408,7 @@ def _kill_session(sid: int) -> None:
 
 
 # -- the command ---------------------------------------------------------------------------------
-def summarize(outcomes: list[Outcome]) -> dict:
+def summarize(outcomes: list[Outcome], kinds: tuple[str, ...] = KINDS) -> dict:
     count = lambda v: sum(1 for o in outcomes if o.verdict == v)  # noqa: E731
     stages: dict[str, int] = {}
     for o in outcomes:
@@ -419,8 +419,22 @@ def summarize(outcomes: list[Outcome]) -> dict:
         "refused": count("refused"),
         "failed": count("failed"),
         "stages": dict(sorted(stages.items())),
-        "kinds": {k: sum(1 for o in outcomes if o.point.kind == k) for k in KINDS},
+        "kinds": {k: sum(1 for o in outcomes if o.point.kind == k) for k in kinds},
     }
+
+
+def run_points(harness, points: list[Point]) -> list[Outcome]:
+    """Run each point, printing one line per point (its verdict, and what went wrong or what happened)."""
+    outcomes = []
+    for point in points:
+        o = harness.run_point(point)
+        outcomes.append(o)
+        said = "; ".join(o.problems) if o.problems else "; ".join(o.notes)
+        print(
+            f"{point.index:3d} {point.kind:11s} at {point.at:4d} ({point.stage}): {o.verdict} {o.seconds}s  {said}",
+            flush=True,
+        )
+    return outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,15 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     points = harness.draw(args.seed, args.points)
     if args.only is not None:
         points = [points[args.only]]
-    outcomes = []
-    for point in points:
-        o = harness.run_point(point)
-        outcomes.append(o)
-        said = "; ".join(o.problems) if o.problems else "; ".join(o.notes)
-        print(
-            f"{point.index:3d} {point.kind:10s} at {point.at:4d} ({point.stage}): {o.verdict} {o.seconds}s  {said}",
-            flush=True,
-        )
+    outcomes = run_points(harness, points)
     summary = {**summarize(outcomes), "seconds": round(time.perf_counter() - t0, 1), "write_points": total}
     print(
         f"{summary['tried']} points tried: {summary['exact']} recovered exactly, {summary['refused']} refused "

@@ -57,6 +57,8 @@ from benchmarks.faults import (
     _stage,
     _wait_session,
     check_invariant,
+    run_points,
+    summarize,
 )
 from benchmarks.ray_cluster import CliCluster
 from collapse.cluster.scheduler import WRAP_UP_S
@@ -291,17 +293,6 @@ def _actors(cluster: CliCluster, title: str) -> list[psutil.Process]:
     return found
 
 
-def summarize(outcomes: list[Outcome]) -> dict:
-    count = lambda v: sum(1 for o in outcomes if o.verdict == v)  # noqa: E731
-    return {
-        "tried": len(outcomes),
-        "exact": count("exact"),
-        "refused": count("refused"),
-        "failed": count("failed"),
-        "kinds": {k: sum(1 for o in outcomes if o.point.kind == k) for k in KINDS},
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=30)
@@ -318,16 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"references ready ({time.perf_counter() - t0:.0f} s); work dir {work}", flush=True)
     if args.only is not None:
         points = [points[args.only]]
-    outcomes = []
-    for point in points:
-        o = harness.run_point(point)
-        outcomes.append(o)
-        said = "; ".join(o.problems) if o.problems else "; ".join(o.notes)
-        print(
-            f"{point.index:3d} {point.kind:11s} at {point.at:4d} ({point.stage}): {o.verdict} {o.seconds}s  {said}",
-            flush=True,
-        )
-    summary = {**summarize(outcomes), "seconds": round(time.perf_counter() - t0, 1)}
+    outcomes = run_points(harness, points)
+    summary = {**summarize(outcomes, KINDS), "seconds": round(time.perf_counter() - t0, 1)}
     print(
         f"{summary['tried']} points tried: {summary['exact']} recovered exactly, {summary['refused']} refused "
         f"clearly, {summary['failed']} failed ({summary['seconds']:.0f} s)"

@@ -67,6 +67,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(small_corpus, tmp_pat
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # the default run covers node loss on a cluster started with Ray's CLI (test_ray_path.py)
 def test_node_removed_mid_unit_is_retried_elsewhere_and_matches_uninterrupted(small_corpus, tmp_path):
     """A real multi-node cluster (head + worker nodes of one CPU each, one lineage actor per node):
     remove the node of a running lineage mid-training. The driver replaces the actor, the unit is
