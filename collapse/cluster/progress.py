@@ -202,12 +202,11 @@ class Ledger:
         self.G = cfg.study.generations
         self.failed: dict[str, str] = {}
         self.search = _start_search(run, cfg, specs)
+        view.expect([s.name for s in specs])
         # Every finished row, kept here: metrics.jsonl is rewritten in order from it (never by
         # re-reading every unit), and grows by one appended line per unit in between.
-        view.expect([s.name for s in specs])
         self.rows = {(r["lineage"], r[M.GENERATION]): r for r in self.rebuild_metrics(known=run.metrics_rows())}
-        self._appended: list[dict] = []
-        self._mirrored = time.monotonic()
+        self._remote, self._mirrored = is_remote_backed(run.root), time.monotonic()
         for s in specs:
             done = run.next_generation(s.name, self.G)
             view.update(s.name, "queued" if done <= self.G else "done", done)
@@ -220,7 +219,7 @@ class Ledger:
         self.view.update(spec.name, format_row(row) if k < self.G else "done  " + format_row(row), k + 1, row)
         self.rows[(spec.name, k)] = row
         self.run.append_metrics([row])  # O(1) per unit: the study's cost per unit never grows with its size
-        if is_remote_backed(self.run.root) and time.monotonic() - self._mirrored > METRICS_EVERY_S:
+        if self._remote and time.monotonic() - self._mirrored > METRICS_EVERY_S:
             after_write(self.run.root / METRICS_FILE)  # the bucket's copy: whole, every few seconds
             self._mirrored = time.monotonic()
         return self._launched_by(spec, k, row)

@@ -7,7 +7,8 @@ file names and reads them.
     DIR/shared/gen0-<key>/gen_000/   generation 0, trained once and shared by lineages
     DIR/lineages/<lineage>/gen_003/  model/ synthetic/ train.json timing.json metrics.json DONE
     DIR/lineages/<lineage>/FAILED.json
-    DIR/metrics.jsonl                one row per lineage x generation, rebuilt from the DONE units
+    DIR/metrics.jsonl                one row per lineage x generation: rewritten in order from the DONE
+                                     units at a session's start and end, appended to in between
     DIR/events.jsonl sessions.jsonl search.jsonl    what the scheduler, sessions and search decided
     DIR/collapse_curves.png DIR/report.md DIR/logs/ DIR/wandb/
 
