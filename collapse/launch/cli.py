@@ -39,6 +39,29 @@ def _offline_defaults() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+# What a torchrun-style launcher (or MPI) puts in the environment of the processes it starts. collapse
+# forms its own process groups (DeepSpeed workers, its samplers): inherited, these made accelerate
+# join the launcher's group and wait for peers that never come (a run with no row and no message).
+LAUNCHER_VARS = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK", "PMI_SIZE",
+)  # fmt: skip
+
+
+def _drop_launcher_env() -> None:
+    """Forget an inherited launcher's process group, saying so in one line."""
+    found = [k for k in LAUNCHER_VARS if k in os.environ]
+    if found:
+        for k in found:
+            del os.environ[k]
+        print(
+            f"warning: ignoring {', '.join(found)} from the launching environment (torchrun, MPI): collapse forms "
+            "its own process groups; start it as a plain command",
+            file=sys.stderr,
+        )
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
 
@@ -381,6 +404,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
+    _drop_launcher_env()
     try:
         args = parse_args(argv)
         return COMMANDS[args.command](args)
