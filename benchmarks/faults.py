@@ -437,13 +437,30 @@ def run_points(harness, points: list[Point]) -> list[Outcome]:
     return outcomes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=50)
+def parse_harness_args(argv: list[str] | None, points: int, doc: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--points", type=int, default=points)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", type=int, help="replay one point of the seeded draw")
     parser.add_argument("--work", default=None, help="working directory (default: a fresh temporary one)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def finish_points(name: str, config: dict, outcomes: list[Outcome], t0: float, kinds: tuple, **extra) -> int:
+    """Print the summary line, write benchmarks/results/<name>.json; exit status 1 if a point failed."""
+    summary = {**summarize(outcomes, kinds), "seconds": round(time.perf_counter() - t0, 1), **extra}
+    print(
+        f"{summary['tried']} points tried: {summary['exact']} recovered exactly, {summary['refused']} refused "
+        f"clearly, {summary['failed']} failed ({summary['seconds']:.0f} s)"
+    )
+    from benchmarks.common import write_results
+
+    write_results(name, config, {**summary, "outcomes": [asdict(o) for o in outcomes]})
+    return 1 if summary["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_harness_args(argv, 50, __doc__)
     import tempfile
 
     work = Path(args.work or tempfile.mkdtemp(prefix="collapse-faults-"))
@@ -455,19 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is not None:
         points = [points[args.only]]
     outcomes = run_points(harness, points)
-    summary = {**summarize(outcomes), "seconds": round(time.perf_counter() - t0, 1), "write_points": total}
-    print(
-        f"{summary['tried']} points tried: {summary['exact']} recovered exactly, {summary['refused']} refused "
-        f"clearly, {summary['failed']} failed ({summary['seconds']:.0f} s)"
-    )
-    from benchmarks.common import write_results
-
-    write_results(
-        "faults",
-        {"points": args.points, "seed": args.seed, "study": STUDY},
-        {**summary, "outcomes": [asdict(o) for o in outcomes]},
-    )
-    return 1 if summary["failed"] else 0
+    config = {"points": args.points, "seed": args.seed, "study": STUDY}
+    return finish_points("faults", config, outcomes, t0, KINDS, write_points=total)
 
 
 if __name__ == "__main__":

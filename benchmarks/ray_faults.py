@@ -27,7 +27,6 @@ benchmarks/results/ray_faults.json; `tests/test_ray_faults.py` runs two fixed po
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -57,8 +56,9 @@ from benchmarks.faults import (
     _stage,
     _wait_session,
     check_invariant,
+    finish_points,
+    parse_harness_args,
     run_points,
-    summarize,
 )
 from benchmarks.ray_cluster import CliCluster
 from collapse.cluster.scheduler import WRAP_UP_S
@@ -294,12 +294,7 @@ def _actors(cluster: CliCluster, title: str) -> list[psutil.Process]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", type=int, help="replay one point of the seeded draw")
-    parser.add_argument("--work", default=None, help="working directory (default: a fresh temporary one)")
-    args = parser.parse_args(argv)
+    args = parse_harness_args(argv, 30, __doc__)
     import tempfile
 
     work = Path(args.work or tempfile.mkdtemp(prefix="collapse-ray-faults-"))
@@ -310,25 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is not None:
         points = [points[args.only]]
     outcomes = run_points(harness, points)
-    summary = {**summarize(outcomes, KINDS), "seconds": round(time.perf_counter() - t0, 1)}
-    print(
-        f"{summary['tried']} points tried: {summary['exact']} recovered exactly, {summary['refused']} refused "
-        f"clearly, {summary['failed']} failed ({summary['seconds']:.0f} s)"
-    )
-    from benchmarks.common import write_results
-
-    write_results(
-        "ray_faults",
-        {
-            "points": args.points,
-            "seed": args.seed,
-            "study": STUDY,
-            "deepspeed_study": DEEPSPEED_STUDY,
-            "nodes": "head + 2 workers, 1 CPU each",
-        },
-        {**summary, "outcomes": [asdict(o) for o in outcomes]},
-    )
-    return 1 if summary["failed"] else 0
+    config = {
+        "points": args.points,
+        "seed": args.seed,
+        "study": STUDY,
+        "deepspeed_study": DEEPSPEED_STUDY,
+        "nodes": "head + 2 workers, 1 CPU each",
+    }
+    return finish_points("ray_faults", config, outcomes, t0, KINDS)
 
 
 if __name__ == "__main__":
