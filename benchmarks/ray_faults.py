@@ -152,16 +152,18 @@ class RayHarness:
 
     def draw(self, seed: int, count: int) -> list[Point]:
         rng = random.Random(seed)
-        points = []
+        points, stages = [], {}  # study -> what its reference wrote at each point
         for i in range(count):
             kind = KINDS[i % len(KINDS)] if i < len(KINDS) else rng.choice(KINDS)
             study = self.study(kind)
-            total = self.prepare_reference(study)
-            log = self.work / f"reference-{study}-points.jsonl"
-            stages = [_stage(json.loads(line)["path"]) for line in open(log)]
+            if study not in stages:
+                self.prepare_reference(study)
+                log = self.work / f"reference-{study}-points.jsonl"
+                stages[study] = [_stage(json.loads(line)["path"]) for line in open(log)]
+            total = len(stages[study])
             # Not the first or last few points: before the cluster's actors exist, or after the rows.
             at = rng.randint(max(1, total // 8), max(1, total - total // 8))
-            points.append(Point(i, kind, at, stages[at - 1]))
+            points.append(Point(i, kind, at, stages[study][at - 1]))
         return points
 
     # -- one point ---------------------------------------------------------------------------------
