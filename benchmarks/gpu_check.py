@@ -11,7 +11,9 @@ What it measures, each part in its own try so one failure does not hide the othe
   2. sampling: the fast sampler vs transformers `generate` vs vLLM (when installed), same model and
      prompts, tokens/s and the ratio to `generate`;
   3. a 2-generation study (configs/smoke.yaml, c = 0 and 1) through the CLI, on the GPU when there
-     is one: wall time and its rows.
+     is one: wall time and its rows;
+  4. packing (GPU only): the debug study with resources.gpu=0.125 (8 lineages share the GPU)
+     against resources.gpu=1 (one at a time), wall time of each in the same run.
 Results carry the machine (GPU name, memory, torch / CUDA / DeepSpeed versions). A part that
 cannot run says why under "absent" rather than failing the check.
 """
@@ -201,6 +203,34 @@ def study_part(cpu: bool, work: Path) -> dict:
     }
 
 
+def packing_part(cpu: bool, work: Path) -> tuple[dict, dict]:
+    """The debug study on one GPU: 8 lineages packed at resources.gpu=0.125 against one at a time at
+    resources.gpu=1, wall time of each in this run (their metrics must agree: placement is not
+    part of a study's scientific identity)."""
+    if cpu:
+        return {}, {"packing": "needs a GPU (resources.gpu > 0 is refused on a machine without one)"}
+    walls, metrics = {}, {}
+    for gpu in ("1", "0.125"):
+        out = work / f"packing-{gpu}"
+        cmd = [sys.executable, "-m", "collapse", "run", str(REPO / "configs" / "debug.yaml"), "--out", str(out)]
+        for override in (f"resources.gpu={gpu}", "resources.cpu=2", "tracking.wandb=disabled"):
+            cmd += ["--set", override]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+        walls[gpu] = round(time.perf_counter() - t0, 1)
+        if done.returncode != 0:
+            raise RuntimeError(f"resources.gpu={gpu}: exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        metrics[gpu] = {(r[M.LINEAGE], r[M.GENERATION]): r[M.PPL_REAL] for r in read_metrics(out)}
+    gap = max(abs(metrics["1"][k] - metrics["0.125"][k]) / metrics["1"][k] for k in metrics["1"])
+    return {
+        "wall_s_whole_gpu": walls["1"],
+        "wall_s_eighth_gpu": walls["0.125"],
+        "speedup": round(walls["1"] / walls["0.125"], 2),
+        "ppl_real_max_rel_gap": gap,
+    }, {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", action="store_true", help="the reduced CPU mode (tiny model, gloo, fp32)")
@@ -226,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "training": lambda: train_part(s, model_cfg, len(tok), tok.eos_token_id, peak, work),
             "sampling": lambda: sampling_part(s, work / "model", args.cpu),
             "study": lambda: study_part(args.cpu, work),
+            "packing": lambda: packing_part(args.cpu, work),
         }
         for name, part in parts.items():
             t0 = time.perf_counter()
@@ -241,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     config = {"mode": "cpu" if args.cpu else "gpu", **s, "machine": machine()}
     path = write_results("gpu_check", config, results, Path(args.out) if args.out else None)
-    failed = [name for name in ("training", "sampling", "study") if "error" in results[name]]
+    failed = [name for name in parts if "error" in results[name]]
     print(json.dumps({k: v for k, v in results.items() if k != "absent"} | {"absent": results["absent"]}, indent=1))
     print(f"wrote {path} in {results['total_s']:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

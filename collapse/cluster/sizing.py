@@ -35,10 +35,13 @@ class UnitCost:
     train_flops: float
     sample_flops: float
     eval_flops: float
-    gpus: int
+    gpus: float  # GPUs the lineage holds: workers x resources.gpu, a fraction when lineages share a GPU
 
     def seconds(self, a: Assumptions) -> float:
-        peak = a.peak_tflops * 1e12
+        """At the assumed efficiency of the GPUs it holds: a lineage packed at 1/n of a GPU gets 1/n of
+        its throughput (compute-bound; a small model that leaves a GPU idle does better than this), and
+        DeepSpeed over N GPUs gets N GPUs' worth. So GPU-hours do not depend on the layout."""
+        peak = a.peak_tflops * 1e12 * self.gpus
         return (self.train_flops + self.eval_flops) / (peak * a.train_mfu) + self.sample_flops / (
             peak * a.sample_efficiency
         )
@@ -96,8 +99,10 @@ def hf_parameter_count(hf: dict, vocab_size: int) -> int:
     return int(layers * (attention + mlp + 2 * d) + vocab * d + d + head)
 
 
-def _gpus_per_lineage(cfg) -> int:
-    return max(1, cfg.resources.gpu) * (cfg.train.workers if cfg.train.engine == "deepspeed" else 1)
+def gpus_per_lineage(cfg) -> float:
+    """GPUs one lineage holds (a CPU config is planned as if on one GPU each)."""
+    per_process = cfg.resources.gpu if cfg.resources.gpu > 0 else 1
+    return per_process * (cfg.train.workers if cfg.train.engine == "deepspeed" else 1)
 
 
 def unit_cost(spec: LineageSpec, k: int, corpus_rows: int, P: int) -> UnitCost:
@@ -110,7 +115,7 @@ def unit_cost(spec: LineageSpec, k: int, corpus_rows: int, P: int) -> UnitCost:
     sampled = (corpus_rows if k < cfg.study.generations else 0) + cfg.eval.num_samples
     sample = 2 * P * sampled * new * beams
     evaluated = (cfg.data.eval_sequences or 1000) + cfg.eval.num_samples  # real eval + generation-0 scoring of samples
-    return UnitCost(spec.name, k, train, sample, 2 * P * evaluated * L, _gpus_per_lineage(cfg))
+    return UnitCost(spec.name, k, train, sample, 2 * P * evaluated * L, gpus_per_lineage(cfg))
 
 
 def build_plan(cfg, gpus: int, a: Assumptions) -> StudyPlan:
@@ -131,8 +136,8 @@ def build_plan(cfg, gpus: int, a: Assumptions) -> StudyPlan:
         lineage_chains.append(units)
     lineage_chains.sort(key=lambda us: -sum(u.seconds(a) for u in us))  # longest first
     # List scheduling on GPU slots: a chain occupies `gpus per lineage` GPUs until it finishes.
-    per = _gpus_per_lineage(cfg)
-    slots = max(1, gpus // per)
+    per = gpus_per_lineage(cfg)
+    slots = max(1, int(gpus / per + 1e-9))  # 1/n of a GPU each: n lineages per GPU
     free = [0.0] * slots
     heapq.heapify(free)
     gen0_done = 0.0
@@ -148,6 +153,17 @@ def build_plan(cfg, gpus: int, a: Assumptions) -> StudyPlan:
     return plan
 
 
+def _placement_line(cfg, gpus: int) -> str:
+    per = gpus_per_lineage(cfg)
+    if per < 1:
+        n = round(1 / per)
+        return (
+            f"placement: {n} lineages per GPU (resources.gpu: {per:g}), {n * gpus} at once on {gpus} GPUs; "
+            "each gets its share of a GPU's throughput"
+        )
+    return f"placement: {per:g} GPU(s) per lineage, {int(gpus / per)} lineages at once on {gpus} GPUs"
+
+
 def render(cfg, plan: StudyPlan, a: Assumptions) -> str:
     specs = expand(cfg)
     lines = [
@@ -156,6 +172,7 @@ def render(cfg, plan: StudyPlan, a: Assumptions) -> str:
         "model parameters: " + ", ".join(f"{p / 1e6:.1f}M" for p in sorted(set(plan.params.values()))),
         f"assumed: {a.peak_tflops:g} TFLOP/s peak per GPU, training MFU {a.train_mfu:.0%}, sampling "
         f"{a.sample_efficiency:.0%} of peak",
+        _placement_line(cfg, plan.gpus),
         "",
         f"{'regime':<22}{'c':>6}{'lineages':>10}{'train PFLOP':>14}{'sample PFLOP':>14}{'GPU-hours':>12}",
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.config import Config
+from .gpus import gpu_slot_capacity, place_slots, visible_gpus
 from .worker import LineageWorker  # light: the worker's heavy imports run in its own process
 
 
@@ -115,10 +116,19 @@ class ProcessSlots:
     loop retries its unit on a fresh one); workers ignore Ctrl-C (the driver stops them) and die
     with their forkserver when the driver dies."""
 
-    def __init__(self, run_dir: str, uid: str, cfg: Config, work: int, num_cpus: int | None = None):
+    def __init__(
+        self, run_dir: str, uid: str, cfg: Config, work: int, num_cpus: int | None = None, gpus: list[str] | None = None
+    ):
         cpus = num_cpus or os.cpu_count() or 1
+        gpu = cfg.resources.gpu
+        if gpu > 0 and gpus is None:
+            gpus = visible_gpus()
         self.cap = cfg.resources.max_concurrent or max(1, cpus // cfg.resources.cpu)
+        if gpu > 0:  # as many lineages as the GPUs hold, at most
+            self.cap = min(self.cap, max(1, gpu_slot_capacity(gpu, gpus)))
         self.size = min(self.cap, work)
+        self.devices = place_slots(self.size, gpu, gpus or [])  # raises in one line where no GPU is visible
+        self.gpu = gpu
         self.run_dir, self.uid = run_dir, uid
         self.context = warm_up(preload_modules(cfg))
         self.procs: dict[int, Any] = {}
@@ -131,8 +141,9 @@ class ProcessSlots:
 
     def _start(self, slot: int) -> None:
         parent, child = self.context.Pipe()
+        devices = self.devices[slot] if self.gpu > 0 else None
         proc = self.context.Process(
-            target=_serve, args=(child, self.run_dir, self.uid), name=f"collapse-worker-{slot}", daemon=True
+            target=_serve, args=(child, self.run_dir, self.uid, devices), name=f"collapse-worker-{slot}", daemon=True
         )
         proc.start()
         child.close()
@@ -233,10 +244,13 @@ def warm_up(modules: list[str] | None = None):
     return context
 
 
-def _serve(conn, run_dir: str, uid: str) -> None:
-    """A worker process: run `LineageWorker` calls from the driver until it sends None."""
+def _serve(conn, run_dir: str, uid: str, devices: str | None = None) -> None:
+    """A worker process: run `LineageWorker` calls from the driver until it sends None. `devices`
+    is its `CUDA_VISIBLE_DEVICES` (set before anything in it starts CUDA)."""
     import signal
 
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the driver decides
     _die_with_parent()
     host = None
@@ -300,7 +314,10 @@ class RaySlots:
 
         deepspeed = cfg.train.engine == "deepspeed"
         cpu, res = cfg.resources.cpu, cfg.resources
-        self.cap = res.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // (cpu * cfg.train.workers))
+        total = ray.cluster_resources()
+        self.cap = res.max_concurrent or max(1, int(total.get("CPU", 1)) // (cpu * cfg.train.workers))
+        if res.gpu > 0:  # Ray packs fractional GPUs onto one GPU id until it is full, as `gpus.place_slots` counts
+            self.cap = min(self.cap, max(1, int(total.get("GPU", 0) / (res.gpu * cfg.train.workers) + 1e-9)))
         self.needs = {"CPU": 0 if deepspeed else cpu, "GPU": 0 if deepspeed else res.gpu}
         self.actor = ray.remote(LineageWorker).options(
             num_cpus=self.needs["CPU"], num_gpus=self.needs["GPU"], max_restarts=0

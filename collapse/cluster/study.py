@@ -43,9 +43,9 @@ def run_study(
 ) -> StudyResult:
     """Run the study; `report(result)` (plot, report.md) runs as soon as every row is in, while the
     lineages' W&B runs close. Where units run (`executor`): in this process (`local`, for pdb), in
-    worker processes of this machine, or on Ray (a cluster, or wherever DeepSpeed's worker groups,
-    GPUs or the dashboard need it; `ray=True` asks for it on one machine). Start-up overlaps data
-    preparation with the workers' imports (and with Ray's start)."""
+    worker processes of this machine (on its GPUs at `resources.gpu`), or on Ray (a cluster, or
+    wherever DeepSpeed's worker groups or the dashboard need it; `ray=True` asks for it on one
+    machine). Start-up overlaps data preparation with the workers' imports (and with Ray's start)."""
     cfg = run.load_config()
     uid = run.manifest()["uid"]
     run.clean_study_tmp(older_than_s=STALE_TMP_S)
@@ -129,11 +129,12 @@ def run_study(
 
 def needs_ray(cfg, address: str | None, dashboard: bool) -> bool:
     """Ray when the study asks for more than one machine's worker processes give: a cluster, the
-    dashboard, DeepSpeed worker groups (Ray placement groups), GPUs to hand out, or a Ray session
-    this process already holds (a notebook, the tests)."""
+    dashboard, DeepSpeed worker groups (Ray placement groups), or a Ray session this process
+    already holds (a notebook, the tests). GPUs do not need Ray: worker processes are placed on this
+    machine's GPUs the way Ray places actors (`gpus.place_slots`)."""
     import sys
 
-    if address or dashboard or cfg.train.engine == "deepspeed" or cfg.resources.gpu > 0:
+    if address or dashboard or cfg.train.engine == "deepspeed":
         return True
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 

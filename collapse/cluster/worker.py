@@ -49,9 +49,12 @@ class LineageWorker:
     def __init__(self, run_dir: str, study_uid: str, log_to_file: bool = True):
         if log_to_file:
             setup_worker_logging(run_dir, f"worker-{os.getpid()}")
+        RunDir(run_dir).log_event({"event": "worker", **self.ready()})  # where each slot runs, on which GPU
+        from ..engines.environment import claim_gpu_share
         from ..pipeline.context import StudyContext  # the heavy imports (module docstring)
 
         self.ctx = StudyContext(run_dir)
+        claim_gpu_share(self.ctx.cfg.resources.gpu)
         self.specs = {s.name: s for s in self.ctx.run.lineages(self.ctx.cfg)}
         self.study_uid = study_uid
         self.spec: LineageSpec | None = None
@@ -61,9 +64,11 @@ class LineageWorker:
         if self.ctx.cfg.tracking.wandb != "disabled":
             self._tracking.submit(_import_wandb)  # warm, off the first unit's path
 
-    def ready(self) -> bool:
-        """Returns once the actor is constructed (imports done)."""
-        return True
+    def ready(self) -> dict:
+        """Returns once the actor is constructed (imports done): where it runs and which GPUs it sees."""
+        import socket
+
+        return {"pid": os.getpid(), "host": socket.gethostname(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def open(self, lineage: str) -> None:
         self.close()

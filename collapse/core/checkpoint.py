@@ -151,10 +151,13 @@ def save_npy(path: str | Path, array) -> None:
 
 def append_jsonl_atomic(path: str | Path, entry: dict) -> None:
     """Append one JSON line by rewriting the file atomically: readers never see half a line.
-    For small logs (sessions, events, search decisions), not per-step data."""
+    For small logs (sessions, events, search decisions), not per-step data. Writers in several
+    processes (lineage workers log events too) take turns under a lock, or one would drop another's
+    line: eight packed lineage workers starting at once kept six of their eight lines without it."""
     path = Path(path)
-    old = path.read_text() if path.is_file() else ""
-    write_text_atomic(path, old + json.dumps(entry, sort_keys=True) + "\n")
+    with exclusive(path.with_name(f".{path.name}.lock")):
+        old = path.read_text() if path.is_file() else ""
+        write_text_atomic(path, old + json.dumps(entry, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

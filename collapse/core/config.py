@@ -490,7 +490,11 @@ class MitigationConfig:
 @dataclass
 class ResourcesConfig:
     cpu: int = doc("CPUs (and torch threads) per lineage actor, or per training worker with deepspeed.", default=1)
-    gpu: int = doc("GPUs per lineage actor (torch engine) or per training worker (deepspeed); 0 = CPU.", default=0)
+    gpu: float = doc(
+        "GPUs per lineage (torch engine) or per training worker (deepspeed): 1, or a fraction 1/n (0.5, 0.25, "
+        "0.125, ...) to pack n small lineages on one GPU; 0 = CPU.",
+        default=0.0,
+    )
     max_concurrent: int = doc("Lineages running at once (0 = as many as the CPUs allow).", default=0)
     max_retries: int = doc(
         "Times a unit is retried when its actor, worker or node dies (it resumes from its last checkpoint); "
@@ -501,7 +505,12 @@ class ResourcesConfig:
 
     def validate(self) -> None:
         _check(self.cpu >= 1, "resources.cpu", "must be >= 1")
-        _check(self.gpu in (0, 1), "resources.gpu", "must be 0 or 1 (one GPU per process; use train.workers for more)")
+        _check(
+            self.gpu in (0, 1) or (0 < self.gpu < 1 and abs(1 / self.gpu - round(1 / self.gpu)) < 1e-6),
+            "resources.gpu",
+            f"must be 0, 1, or a fraction 1/n that divides one GPU (0.5, 0.25, 0.125, ...), got {self.gpu:g} "
+            "(one GPU per process; use train.workers for more)",
+        )
         _check(self.max_concurrent >= 0, "resources.max_concurrent", "must be >= 0")
         _check(
             self.max_retries >= 0 and self.retry_backoff_s >= 0,
@@ -693,12 +702,18 @@ def validate(cfg: Config) -> None:
             "theory.gmm_weights",
             "and theory.gmm_stds must be positive",
         )
+    _check(
+        cfg.resources.gpu in (0, 1) or t.workers == 1,
+        "resources.gpu",
+        f"{cfg.resources.gpu:g} is a fraction of a GPU, but DeepSpeed over train.workers={t.workers} runs one nccl "
+        "rank per GPU; use resources.gpu: 1, or train.workers: 1",
+    )
     if m.adapter == "lora":
         _check(t.engine == "torch", "model.adapter", "`lora` runs with train.engine: torch")
     if m.init == "base" or "base" in g.extra.get("model.init", []):
         _check(bool(m.base_path), "model.base_path", "is required when model.init is `base`: a local HF model dir")
     if sm.backend == "vllm":
-        _check(cfg.resources.gpu >= 1, "sample.backend", "`vllm` needs resources.gpu: 1")
+        _check(cfg.resources.gpu > 0, "sample.backend", "`vllm` needs a GPU: resources.gpu: 1 (or a fraction)")
         _check(
             cfg.mitigation.filter != "watermark",
             "sample.backend",

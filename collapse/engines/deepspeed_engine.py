@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from ..core.checkpoint import read_json, remove_tree, replace_dir, write_json_atomic
 from ..core.config import TrainConfig
 from .environment import resolve_deepspeed_config, tell_deepspeed_the_accelerator
+from .model import base_config, empty_model, hf_config, initial_value, weight_reader
 from .torch_engine import STEP_DIR, STEP_DONE, TrainResult, latest_checkpoint, make_optimizer, run_steps, total_steps
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,52 @@ def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
         ds["bf16"]["enabled"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     ds.setdefault("steps_per_print", 10**9)
     return ds
+
+
+def zero_stage(ds_cfg: dict) -> int:
+    return int(ds_cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def build_partitioned(
+    make: Callable[[], torch.nn.Module], value: Callable[[torch.nn.Module, str, torch.Size], torch.Tensor], ds_cfg: dict
+) -> torch.nn.Module:
+    """A ZeRO-3 model that never exists whole on any rank: built under `zero.Init` (each module's
+    parameters are partitioned as soon as the module is built), then written one parameter at a time:
+    gathered, written by rank 0 from `value(model, name, shape)` (a seeded init, or a tensor read from
+    a base model's safetensors), and partitioned again. A rank's peak is its partitions plus one
+    parameter, where building the model first held all of it on every rank: 8 ranks of a 7B model in
+    fp32 need 224 GB of host RAM on one node that way."""
+    deepspeed = import_deepspeed()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    # No `dtype=`: DeepSpeed's default for it has its conditional expression bound the wrong way and
+    # casts an explicit float32 to bf16 on a CPU; without it the config's bf16 switch decides.
+    model = empty_model(make, deepspeed.zero.Init(config_dict_or_path=ds_cfg))
+    for name, param in model.named_parameters():  # the same order on every rank; a tied weight once
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+            if rank == 0:
+                param.copy_(value(model, name, param.shape))
+    return model
+
+
+def build_fresh_partitioned(model_cfg, vocab_size: int, seq_len: int, eos_id: int, seed: int, ds_cfg: dict):
+    """`build_model`'s model and initial weights (`initial_value`), built partitioned."""
+    cls, hf_cfg = hf_config(model_cfg, vocab_size, seq_len, eos_id)
+    return build_partitioned(lambda: cls(hf_cfg), lambda m, name, shape: initial_value(m, name, shape, seed), ds_cfg)
+
+
+def load_partitioned(path: str | Path, ds_cfg: dict) -> torch.nn.Module:
+    """A pretrained model dir loaded into ZeRO-3 partitions, one tensor at a time."""
+    _, make = base_config(path)
+    read = weight_reader(path)
+
+    def value(model, name: str, shape: torch.Size) -> torch.Tensor:
+        tensor = read(name)
+        if tensor is None or tensor.shape != shape:
+            found = "missing" if tensor is None else f"shape {tuple(tensor.shape)}"
+            raise ValueError(f"model.base_path: {path} has no weight {name} of shape {tuple(shape)} ({found})")
+        return tensor
+
+    return build_partitioned(make, value, ds_cfg)
 
 
 def _barrier() -> None:

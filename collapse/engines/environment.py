@@ -90,3 +90,14 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def claim_gpu_share(gpu: float) -> None:
+    """Cap this process's CUDA allocations at its share of the GPU (`resources.gpu` < 1), so one
+    packed lineage cannot take the memory its neighbours need. A no-op on a CPU or at a whole GPU."""
+    if not 0 < gpu < 1:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(gpu * 0.98)  # room for the CUDA context's own allocations

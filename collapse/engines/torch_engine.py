@@ -135,7 +135,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "embed" not in name and "wte" not in name else no_decay).append(p)
+        ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partitioned parameter's own shape is empty
+        (decay if ndim >= 2 and "embed" not in name and "wte" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel (one op for all parameters, as HF Trainer's default `adamw_torch_fused`): the
     # per-tensor loop cost ~12% of a small model's step on CPU. Same update up to float rounding.

@@ -22,8 +22,16 @@ import torch
 
 from ..core.checkpoint import exclusive
 from ..core.config import ModelConfig, TrainConfig
-from .deepspeed_engine import DeepSpeedEngine, import_deepspeed
-from .model import WEIGHTS_FILE, build_model, load_model, save_model_dir
+from .deepspeed_engine import (
+    DeepSpeedEngine,
+    build_fresh_partitioned,
+    deepspeed_config,
+    import_deepspeed,
+    load_partitioned,
+    zero_stage,
+)
+from .environment import claim_gpu_share
+from .model import WEIGHTS_FILE, build_model, load_model, model_from_state, save_model_dir
 from .samplers import build_sampler
 from .tokenizer import load_tokenizer
 
@@ -41,7 +49,12 @@ class InitSpec:
     eos_id: int = 0
     seed: int = 0
 
-    def build(self) -> torch.nn.Module:
+    def build(self, ds_cfg: dict | None = None) -> torch.nn.Module:
+        """The model; under ZeRO-3 (`ds_cfg` of stage 3) built in partitions, never whole on a rank."""
+        if ds_cfg is not None and zero_stage(ds_cfg) == 3:
+            if self.path:
+                return load_partitioned(self.path, ds_cfg)
+            return build_fresh_partitioned(self.model, self.vocab_size, self.seq_len, self.eos_id, self.seed, ds_cfg)
         if self.path:
             return load_model(self.path)
         return build_model(self.model, self.vocab_size, self.seq_len, self.eos_id, self.seed)
@@ -70,11 +83,12 @@ def _init_process_group(rank: int, world: int, addr: str, port: int) -> None:
 class TrainWorker:
     """One rank. A Ray actor, or a plain object in-process for a group of one."""
 
-    def __init__(self, rank: int, world: int, threads: int):
+    def __init__(self, rank: int, world: int, threads: int, gpu_share: float = 0.0):
         self.rank, self.world = rank, world
         torch.set_num_threads(threads)
         if torch.cuda.is_available():
-            torch.cuda.set_device(0)  # Ray gives each worker its own GPU as device 0
+            torch.cuda.set_device(0)  # Ray gives each worker its own GPU (or a share of one) as device 0
+            claim_gpu_share(gpu_share)
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group: this node's IP as Ray knows it (the name
@@ -97,7 +111,7 @@ class TrainWorker:
         tokenizer_dir: str,
     ):
         rows = np.load(rows_path, mmap_mode="r")
-        model = init.build()
+        model = init.build(deepspeed_config(cfg, self.world))
         # Rank 0 holds the training lock: ranks of a killed run that are still finishing their
         # call keep it until they exit, and the new group's collectives wait behind rank 0.
         lock = exclusive(Path(ckpt_root).parent / ".train.lock") if self.rank == 0 else contextlib.nullcontext()
@@ -105,9 +119,7 @@ class TrainWorker:
             result, state = DeepSpeedEngine(cfg).fit(model, rows, seed_parts, Path(ckpt_root))
             sha = None
             if self.rank == 0:
-                fresh = type(model)(model.config)  # an unwrapped copy to hold the consolidated weights
-                fresh.load_state_dict(state)
-                sha = save_model_dir(model_dir, fresh, load_tokenizer(tokenizer_dir))
+                sha = save_model_dir(model_dir, model_from_state(model, state), load_tokenizer(tokenizer_dir))
         self._barrier()
         return result, sha
 
@@ -163,7 +175,7 @@ TEARDOWN_TIMEOUT_S = 60.0
 
 
 class WorkerGroup:
-    def __init__(self, workers: int, cpu_per_worker: int, gpu_per_worker: int = 0):
+    def __init__(self, workers: int, cpu_per_worker: int, gpu_per_worker: float = 0):
         self.n = workers
         try:
             import ray
@@ -207,7 +219,7 @@ class WorkerGroup:
                 num_gpus=gpu_per_worker,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
             )
-            .remote(r, workers, cpu_per_worker)
+            .remote(r, workers, cpu_per_worker, gpu_per_worker)
             for r in range(workers)
         ]
         addr, port = self._gather([self.workers[0].address.remote()])[0]

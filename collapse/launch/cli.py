@@ -107,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_exec_args(p)
     p = sub.add_parser("report", help="print the table and rewrite the plot and report.md")
     p.add_argument("dir")
+    p = sub.add_parser("export", help="write a study's metrics table as Parquet (with provenance) or CSV")
+    p.add_argument("dir")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    p.add_argument("--out", required=True, help="the file to write")
+    p = sub.add_parser(
+        "compare", help="two studies side by side: matched lineages, paired test per cell and generation"
+    )
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--metric", action="append", default=None, help="a paired metric to test (repeatable; default: all)")
+    p.add_argument("--out", default=None, help="where compare.csv and compare.png go (default: compare-A-vs-B)")
     p = sub.add_parser("status", help="lineage x generation grid: done / running / failed / queued, with ETA")
     p.add_argument("dir")
     p.add_argument(
@@ -210,12 +221,24 @@ def _default_out(study_name: str) -> str:
     return str(Path("runs") / (f"{study_name}-{run_id}" if run_id else study_name))
 
 
+def _check_gpus(cfg, args) -> None:
+    """A study on this machine's worker processes at `resources.gpu` > 0 needs a visible GPU: say so
+    before anything is written (on Ray, the cluster's GPUs are counted when actors are placed)."""
+    from ..cluster.gpus import place_slots, visible_gpus
+
+    flags = any(getattr(args, flag, None) for flag in ("address", "ray", "dashboard"))
+    on_ray = flags or cfg.train.engine == "deepspeed"
+    if cfg.resources.gpu > 0 and not on_ray:
+        place_slots(1, cfg.resources.gpu, visible_gpus())
+
+
 def cmd_run(args) -> int:
     from ..core.checkpoint import check_locking
     from ..core.rundir import RunDir
     from ..core.storage import is_remote, local_run_dir
 
     cfg = _load_checked(args.config, args.overrides)
+    _check_gpus(cfg, args)
     out = str(args.out or _default_out(cfg.study.name))
     run_dir = local_run_dir(out, new=True)  # a URI: a local working copy, mirrored to the URI as it is written
     run = RunDir(run_dir)
@@ -389,7 +412,35 @@ def cmd_schema(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from .results import export_metrics, open_study
+
+    path = export_metrics(open_study(args.dir), args.format, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..core import metrics as M
+    from .compare import compare, render, write_outputs
+    from .results import open_study
+
+    a, b = open_study(args.run_a), open_study(args.run_b)
+    unknown = [m for m in args.metric or [] if m not in M.PAIRED]
+    if unknown:
+        raise ConfigError(f"--metric {unknown[0]}: not a paired metric; one of {sorted(M.PAIRED)}")
+    result = compare(a, b, args.metric)
+    console = _console()
+    render(result, a, b, console)
+    out = Path(args.out or f"compare-{a.config.study.name}-vs-{b.config.study.name}")
+    for path in write_outputs(result, a, b, out):
+        console.print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {
+    "export": cmd_export,
+    "compare": cmd_compare,
     "run": cmd_run,
     "resume": cmd_resume,
     "report": cmd_report,

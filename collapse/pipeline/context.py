@@ -80,10 +80,11 @@ class StudyContext:
         if self._vllm is None or self._vllm.model_dir != str(model_dir):
             if self._vllm is not None:
                 self._vllm.close()
-            self._vllm = VLLMSampler(model_dir)
+            # Half the lineage's GPU (its share, when packed): training's weights and the evaluation share it.
+            self._vllm = VLLMSampler(model_dir, gpu_memory_utilization=0.5 * min(1.0, self.cfg.resources.gpu))
         return self._vllm
 
-    def workers(self, n: int, cpu: int, gpu: int = 0) -> WorkerGroup:
+    def workers(self, n: int, cpu: int, gpu: float = 0) -> WorkerGroup:
         """The lineage's DeepSpeed worker group, started once and reused across generations."""
         if self._workers is None or self._workers.n != n or not self._workers.workers:  # none yet, or killed
             self.close_workers()
