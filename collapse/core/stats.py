@@ -106,6 +106,65 @@ def half_sample_ci(
     return float(estimate + lo), float(estimate + hi)
 
 
+# ----------------------------------------------------------------------------------------------
+# Bands across seeds
+
+BAND_T, BAND_LOG, BAND_PERCENTILE = "t", "log", "percentile"
+BAND_CAPTION = {
+    BAND_T: "mean, 95% t-interval across seeds",
+    BAND_LOG: "geometric mean, 95% t-interval in log space (log axis)",
+    BAND_PERCENTILE: "median, 2.5-97.5 percentile band across seeds",
+}
+
+
+def t_interval(values: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    from scipy import stats
+
+    half = float(stats.t.ppf(1 - alpha / 2, len(values) - 1)) * float(np.std(values, ddof=1)) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def band_kind(groups: list[list[float]]) -> str:
+    """How to draw one metric's band across seeds, from its values at every (cell, generation):
+    `t` (mean and t-interval) unless that band shows what cannot be. Where every value is positive
+    and a t-band reaches zero or below (a heavy right tail: KL divergences, fitted variances,
+    perplexities after collapse), the interval is computed in log space (`log`: geometric mean, log
+    axis). Where values can be zero or negative and a t-band reaches below zero for a quantity that
+    never is, or strays beyond the observed values by more than their range (heavy tails), it is the
+    2.5-97.5 percentile band around the median (`percentile`)."""
+    finite = [np.asarray([v for v in g if np.isfinite(v)], float) for g in groups]
+    finite = [g for g in finite if len(g) > 1]
+    if not finite:
+        return BAND_T
+    everything = np.concatenate(finite)
+    kind = BAND_T
+    for g in finite:
+        lo, hi = t_interval(g)
+        if everything.min() > 0 and lo <= 0:
+            return BAND_LOG
+        spread = g.max() - g.min()
+        if (everything.min() >= 0 and lo < 0) or lo < g.min() - spread or hi > g.max() + spread:
+            kind = BAND_PERCENTILE
+    if kind == BAND_PERCENTILE and everything.min() > 0:
+        return BAND_LOG  # positive and heavy-tailed: log space keeps the mean's interval, honestly
+    return kind
+
+
+def band(values: list[float], kind: str) -> tuple[float, float, float] | None:
+    """(center, low, high) of one group's values across seeds for `band_kind`'s `kind`."""
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if len(v) < 2:
+        return None
+    if kind == BAND_LOG and v.min() > 0:
+        lo, hi = t_interval(np.log(v))
+        return float(np.exp(np.log(v).mean())), float(np.exp(lo)), float(np.exp(hi))
+    if kind == BAND_PERCENTILE:
+        lo, mid, hi = np.quantile(v, [ALPHA / 2, 0.5, 1 - ALPHA / 2])
+        return float(mid), float(lo), float(hi)
+    lo, hi = t_interval(v)
+    return float(v.mean()), lo, hi
+
+
 def with_ci(row: dict, key: str, interval: tuple[float, float]) -> None:
     row[key + M.CI_LO], row[key + M.CI_HI] = interval
 

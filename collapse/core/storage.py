@@ -114,16 +114,18 @@ class Mirror:
         if self.fs.exists(remote):
             self.fs.rm(remote, recursive=True)
 
-    def pull(self, metadata_only: bool = False) -> int:
+    def pull(self, metadata_only: bool = False, under: str = "") -> int:
         """Bring the local copy up to the remote: files it lacks, and small files (markers,
         metrics, logs of decisions) whose content changed. Large files are written once and never
         change (weights, corpora, pools), so they are fetched only when missing. With
         `metadata_only`, weights, corpora and checkpoints are not fetched (report, status).
-        Each file is replaced atomically. Returns the number of files written."""
-        if not self.fs.exists(self.base):
+        `under`: only the files below that relative path (one unit's weights). Each file is
+        replaced atomically. Returns the number of files written."""
+        top = f"{self.base}/{under.strip('/')}" if under else self.base
+        if not self.fs.exists(top):
             return 0
         count = 0
-        for remote, info in sorted(self.fs.find(self.base, detail=True).items()):
+        for remote, info in sorted(self.fs.find(top, detail=True).items()):
             rel = remote[len(self.base) :].lstrip("/")
             if metadata_only and BULK.search(rel):
                 continue
@@ -310,6 +312,12 @@ def local_run_dir(arg: str, pull: bool = True, new: bool = False, metadata_only:
         if n:
             log.info("downloaded %d file(s) of %s into %s", n, arg, local)
     return local
+
+
+def pull_into(local_root: str | Path, under: str) -> int:
+    """Fetch what a remote-backed working copy lacks below `under` (a no-op for a local run dir)."""
+    mirror = _mirror_at(str(Path(local_root).resolve()))
+    return 0 if mirror is None else mirror.pull(under=under)
 
 
 def remote_uri(local_root: str | Path) -> str | None:

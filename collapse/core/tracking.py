@@ -139,6 +139,9 @@ def build_tracker(mode: str, **kwargs) -> Tracker:
 STUDY_RUN = "study"  # the study-level run's name suffix and id component
 
 
+FINAL_TABLE = "final_rows"  # the study-level run's table of each lineage's final generation
+
+
 def log_study_summary(
     rows: list[dict],
     panels,
@@ -166,7 +169,14 @@ def log_study_summary(
     run = tracker._run
     columns = sorted({k for r in rows for k in r})
     table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-    payload: dict[str, Any] = {"rows": table}
+    # The final grid: each lineage's last finished generation, one row per lineage (a dashboard's
+    # bar chart or scatter of the outcome against contamination, regime or a mitigation).
+    last_of: dict = {}
+    for r in rows:
+        if r["generation"] >= last_of.get(r["lineage"], {"generation": -1})["generation"]:
+            last_of[r["lineage"]] = r
+    final = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for _, r in sorted(last_of.items())])
+    payload: dict[str, Any] = {"rows": table, FINAL_TABLE: final}
     gens = sorted({r["generation"] for r in rows})
     for key, label, _ in panels:
         series: dict[str, dict[int, list[float]]] = {}

@@ -17,7 +17,16 @@ from ..core.metrics import sample_metrics
 from ..core.plan import AGGREGATE_ABOVE, cell_name
 from ..core.rundir import METRICS_FILE, PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
 from ..core.seeding import derive_seed
-from ..core.stats import PairedDetection, first_detection, first_detection_paired
+from ..core.stats import (
+    BAND_CAPTION,
+    BAND_LOG,
+    BAND_T,
+    PairedDetection,
+    band,
+    band_kind,
+    first_detection,
+    first_detection_paired,
+)
 from ..core.tracking import wandb_group
 from ..engines.data import reference_rows
 from ..engines.families import plotted_metrics as panels
@@ -115,19 +124,29 @@ SELF_REFERENTIAL = {M.VOCAB_COVERAGE, M.UNIGRAM_JS, M.UNIGRAM_KL, M.MAUVE, M.KNN
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
-def _band(rows_at_g: list[dict], key: str) -> tuple[float, float] | None:
-    """A 95% interval at one generation: across seeds (t interval of the mean) when there are
-    several, else the generation's own interval (`<key>_lo`, `<key>_hi`) when it was computed."""
-    values = [r[key] for r in rows_at_g if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
-    if len(values) > 1:
-        from scipy import stats
+def _values(rows_at_g: list[dict], key: str) -> list[float]:
+    return [r[key] for r in rows_at_g if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
 
-        mean, sem = sum(values) / len(values), float(stats.sem(values))
-        half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
-        return mean - half, mean + half
+
+def band_kinds(rows: list[dict], keys: list[str]) -> dict[str, str]:
+    """metric -> how its band across seeds is drawn (`stats.band_kind`), over every cell and generation."""
+    groups: dict = defaultdict(list)
+    for r in rows:
+        groups[(r[M.REGIME], r[M.CONTAMINATION], r[M.GENERATION])].append(r)
+    return {key: band_kind([_values(g, key) for g in groups.values()]) for key in keys}
+
+
+def _center_and_band(rows_at_g: list[dict], key: str, kind: str) -> tuple[float, tuple[float, float] | None]:
+    """The line's value and its 95% band at one generation: across seeds (`kind`) when there are
+    several, else the generation's own interval (`<key>_lo`, `<key>_hi`) when it was computed."""
+    values = _values(rows_at_g, key)
+    across = band(values, kind)
+    if across is not None:
+        return across[0], (across[1], across[2])
+    center = values[0] if values else float("nan")
     if len(rows_at_g) == 1 and f"{key}_lo" in rows_at_g[0] and f"{key}_hi" in rows_at_g[0]:
-        return rows_at_g[0][f"{key}_lo"], rows_at_g[0][f"{key}_hi"]
-    return None
+        return center, (rows_at_g[0][f"{key}_lo"], rows_at_g[0][f"{key}_hi"])
+    return center, None
 
 
 def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None):
@@ -137,7 +156,7 @@ def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
     regimes = sorted({r[M.REGIME] for r in rows})
     cs = sorted({r[M.CONTAMINATION] for r in rows})
@@ -156,6 +175,7 @@ def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None)
     for r in rows:
         by_cell[(r[M.REGIME], r[M.CONTAMINATION])][r[M.GENERATION]].append(r)
     handles = {}
+    kinds = band_kinds(rows, [key for key, _, _ in plotted])
     for j, regime in enumerate(regimes):
         for i, (key, label, _) in enumerate(plotted):
             ax = axes[i][j]
@@ -164,27 +184,35 @@ def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None)
                 if not series:
                     continue
                 gens = sorted(series)
-                vals = [[r[key] for r in series[g] if isinstance(r.get(key), (int, float))] for g in gens]
-                mean = [sum(v) / len(v) if v else float("nan") for v in vals]
+                drawn = [_center_and_band(series[g], key, kinds[key]) for g in gens]
                 color = cmap(0.9 * c)
-                (line,) = ax.plot(gens, mean, marker="o", ms=3, color=color, label=f"c = {c:g}")
+                (line,) = ax.plot(gens, [d[0] for d in drawn], marker="o", ms=3, color=color, label=f"c = {c:g}")
                 handles.setdefault(f"c = {c:g}", line)
-                bands = [_band(series[g], key) for g in gens]
+                bands = [d[1] for d in drawn]
                 if all(b is not None for b in bands):
                     ax.fill_between(gens, [b[0] for b in bands], [b[1] for b in bands], color=color, alpha=0.15, lw=0)
             if reference and key in reference and key not in SELF_REFERENTIAL:
                 handles.setdefault("real text", ax.axhline(reference[key], color="grey", ls="--", lw=1))
             if i == 0:
                 ax.set_title(f"regime: {regime}", fontsize=10)
+            if kinds[key] == BAND_LOG and seeds > 1:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # not 10^-1
+                ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
             if j == 0:
-                ax.set_ylabel(label, fontsize=8)
+                marked = kinds[key] != BAND_T and seeds > 1
+                ax.set_ylabel(label + (f"\n[{kinds[key]} band]" if marked else ""), fontsize=8)
             if i == len(plotted) - 1:
                 ax.set_xlabel("generation")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    interval = "95% CI across seeds" if seeds > 1 else "95% CI of each generation"
-    fig.suptitle(f"Model collapse across generations (lines: mean; bands: {interval})", fontsize=11)
+    if seeds > 1:
+        used = sorted(set(kinds.values()), key=list(BAND_CAPTION).index)
+        caption = "; ".join(f"[{k}] {BAND_CAPTION[k]}" if k != BAND_T else BAND_CAPTION[k] for k in used)
+    else:
+        caption = "value, 95% CI of each generation"
+    fig.suptitle(f"Model collapse across generations\n{caption}", fontsize=10)
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 6), fontsize=8)
     return fig
 
@@ -483,7 +511,17 @@ def markdown(
         ] + table
     first, shown = shown_rows(rows)
     title = "All rows" if shown is rows else f"Every cell, mean over its seeds (all {len(rows)} rows: `{METRICS_FILE}`)"
-    lines += ["", f"![collapse curves]({PLOT_FILE})", "", f"## {title}", ""]
+    lines += ["", f"![collapse curves]({PLOT_FILE})", ""]
+    if len({r.get(M.SEED) for r in rows}) > 1:
+        kinds = band_kinds(rows, [key for key, _, _ in plotted])
+        lines += [
+            "Bands across seeds: "
+            + "; ".join(f"`{key}` {BAND_CAPTION[kind]}" for key, kind in kinds.items())
+            + " (a t-interval that would show impossible values, below zero for a positive quantity or far "
+            "beyond the observed values of a heavy-tailed one, is replaced).",
+            "",
+        ]
+    lines += [f"## {title}", ""]
     keys = table_keys(rows)
     lines += [f"| {first} | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]
     for r in shown:

@@ -18,7 +18,15 @@ from ..core.checkpoint import (
     write_json_atomic,
 )
 from ..core.plan import LineageSpec
-from ..core.rundir import CORPUS_DIR, CORPUS_DONE, DONE, MODEL_DIR, SHARED_POINTER, UNIT_METRICS, seal_unit
+from ..core.rundir import (
+    CORPUS_DONE,
+    DONE,
+    LOGGED,
+    SHARED_POINTER,
+    UNIT_METRICS,
+    VERIFY_SCORES,
+    seal_unit,
+)
 from .context import StudyContext
 from .stages import run_lm_stages, sample_missing_corpus
 from .theory import run_theory_stages
@@ -61,6 +69,9 @@ def run_unit(ctx: StudyContext, unit: Unit) -> dict:
             return run_lm_stages(ctx, unit, out)
 
 
+GEN0_OWN = {UNIT_METRICS, DONE, LOGGED, SHARED_POINTER, VERIFY_SCORES}  # a lineage's gen_000 keeps its own
+
+
 def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
     """Give a lineage its own generation-0 row, pointing at the shared unit."""
     shared = ctx.run.gen0_dir(spec.gen0_key)
@@ -70,8 +81,10 @@ def link_gen0(ctx: StudyContext, spec: LineageSpec) -> dict:
     row = {**read_json(shared / UNIT_METRICS), **spec.identity(), M.GENERATION: 0}
     with unit_writes():
         write_json_atomic(mine / SHARED_POINTER, {"path": str(shared.relative_to(ctx.run.root))})
-        for name in (MODEL_DIR, CORPUS_DIR):  # so lineages/<name>/gen_000/model loads like every other generation
-            if (shared / name).is_dir():
+        # Every file the shared unit has, so lineages/<name>/gen_000/ reads like every other generation
+        # (model, synthetic, per_unit.npz, train.json, ...); its own row, marker and pointer stay its own.
+        for name in sorted(os.listdir(shared)):
+            if name not in GEN0_OWN and not name.startswith("."):
                 link_atomic(mine / name, Path(os.path.relpath(shared / name, mine)))
         write_json_atomic(mine / UNIT_METRICS, row)
         seal_unit(mine)
