@@ -25,17 +25,24 @@ from benchmarks.common import write_results
 from collapse.core.rundir import RunDir
 
 STAGES = ("train_s", "sample_s", "eval_s")
+EVAL_PARTS = ("eval_real_s", "eval_sampling_s", "eval_sample_metrics_s", "eval_gen0_s")  # = stages.EVAL_PARTS
 
 
 def analyse(run_dir: Path) -> dict:
     session = RunDir(run_dir).sessions()[-1]
     slot_seconds = session["seconds"] * session["slots"]
     sums = dict.fromkeys(STAGES, 0.0)
+    eval_parts = dict.fromkeys(EVAL_PARTS, 0.0)
+    eval_from: dict[str, int] = {}
     per_unit = {}
     for path in list(run_dir.glob("lineages/*/gen_*/timing.json")) + list(run_dir.glob("shared/*/gen_000/timing.json")):
         timing = json.loads(path.read_text())
         for key in STAGES:
             sums[key] += timing.get(key, 0.0)
+        for key in EVAL_PARTS:
+            eval_parts[key] += timing.get(key, 0.0)
+        if "eval_samples" in timing:
+            eval_from[timing["eval_samples"]] = eval_from.get(timing["eval_samples"], 0) + 1
         compute = sum(timing.get(key, 0.0) for key in STAGES)
         per_unit[f"{path.parent.parent.name}/{path.parent.name}"] = {
             **{key[:-2]: round(timing.get(key, 0.0), 1) for key in STAGES},
@@ -51,6 +58,10 @@ def analyse(run_dir: Path) -> dict:
         "slot_seconds": slot_seconds,
         "split": {k: {"seconds": v, "share": v / slot_seconds} for k, v in rows.items()},
         "eval_share_of_compute": sums["eval_s"] / max(sum(sums.values()), 1e-9),
+        "eval_split": {
+            k[:-2]: {"seconds": v, "share_of_eval": v / max(sums["eval_s"], 1e-9)} for k, v in eval_parts.items()
+        },
+        "eval_samples_from": eval_from,
         "peak_rss_mb": max((u["peak_rss_mb"] or 0 for u in per_unit.values()), default=None),
         "per_unit": dict(sorted(per_unit.items())),
     }
@@ -98,6 +109,8 @@ def main() -> None:
         )
     share, peak = result["eval_share_of_compute"], result["peak_rss_mb"]
     print(f"evaluation: {share:.1%} of train + sample + eval; peak RSS {peak} MB")
+    split = ", ".join(f"{k} {v['seconds']:.1f}s ({v['share_of_eval']:.0%})" for k, v in result["eval_split"].items())
+    print(f"evaluation by part: {split}; samples from {result['eval_samples_from']}")
     config = {"run_dir": args.run_dir} if args.run_dir else {"config": args.config}
     write_results(args.name, config, result)
 

@@ -77,7 +77,8 @@ VERIFY_SCORES = "verify_scores.npy"  # mean generation-0 NLL per corpus row (mit
 
 # A stage's outputs, its marker included: what `redo` removes when one of them is damaged.
 TRAIN_OUTPUTS = {TRAIN_META, MODEL_DIR, THEORY_PARAMS}
-CORPUS_OUTPUTS = {CORPUS_DONE, CORPUS_DIR, THEORY_SYNTHETIC}
+EVAL_SAMPLES = "eval_samples.npy"  # the generation's evaluation samples, drawn once with its corpus (its first rows)
+CORPUS_OUTPUTS = {CORPUS_DONE, CORPUS_DIR, THEORY_SYNTHETIC, EVAL_SAMPLES}
 MARKERS = {TRAIN_META, CORPUS_DONE}
 # Written into a finished unit after DONE, so not part of what DONE vouches for.
 AFTER_DONE = {DONE, LOGGED, VERIFY_SCORES}

@@ -28,8 +28,16 @@ class TokenScores:
 # time, so the batch x length x vocabulary logits never exist at once (a 49k vocabulary at batch
 # 32 x 64 positions: 400 MB per copy). Others (softcapped logits, adapters) run the whole forward.
 STREAMED = {"LlamaForCausalLM", "GPT2LMHeadModel", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
-CHUNK_FLOATS = 1 << 24  # logits per slice: 64 MB of float32, above glibc's largest mmap threshold (32 MB), so
-# each slice is returned to the system when freed instead of fragmenting the heap
+CHUNK_FLOATS = 1 << 25  # logits per slice: 128 MB of float32, above glibc's largest mmap threshold (32 MB), so
+# each slice is returned to the system when freed instead of fragmenting the heap; smaller slices cost
+# throughput (SmolLM2 on 2 cores: 1<<22 scored 0.80x a bare forward, 1<<24 0.90x)
+SCORE_TOKENS = 8192  # tokens per forward when scoring: the batch is chosen for throughput, not by a config
+
+
+def scoring_batch(batch_size: int, seq_len: int) -> int:
+    """Rows per forward pass: at least `eval.batch_size`, and enough rows for SCORE_TOKENS tokens
+    (small batches of short rows leave the matmuls starved). Float noise only: rows are independent."""
+    return max(batch_size, SCORE_TOKENS // max(1, seq_len))
 
 
 def _body_and_head(model):
@@ -41,12 +49,14 @@ def _body_and_head(model):
     return (body, head) if head is not None and body is not None and body is not model else None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10, nll_only: bool = False) -> TokenScores:
     """Per target token: NLL, top-k membership, top-1 probability and entropy (`nll_only`: NLL
     alone). Streamed: each micro-batch's hidden states go through the output layer a slice of
-    positions at a time, and each slice's statistics are reduced before the next."""
+    positions at a time, and each slice's statistics are reduced before the next. Inference mode,
+    at a batch of at least `scoring_batch` rows."""
     model.eval()
+    batch_size = scoring_batch(batch_size, rows.shape[1] if rows.ndim == 2 else 1)
     device = next(model.parameters()).device
     split = _body_and_head(model)
     nll_out, top_out, max_out, ent_out = [], [], [], []
@@ -76,17 +86,25 @@ def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10, nll_
 
 
 def _reduce(logits: torch.Tensor, target: torch.Tensor, top_k: int, nll_only: bool) -> tuple:
-    """One slice's [b, l, V] logits to [b, l] statistics, with one extra V-wide copy at a time."""
-    logp = logits.log_softmax(-1)
-    del logits
-    target_logp = logp.gather(-1, target[..., None])
-    nll = -target_logp.squeeze(-1)
+    """One slice's [b, l, V] logits to [b, l] statistics, in as few passes over V as it takes: the
+    slice is shifted in place by its row max, exponentiated once, and the entropy's sum of p * logit
+    is a batched dot product (no V-wide temporary). About 0.9x the time of the bare forward that
+    produced the logits, where log_softmax and its companions took 1.2x."""
+    logits = logits.float()
+    top = logits.amax(-1, keepdim=True)
+    logits.sub_(top)  # shifted: the max logit is 0
+    target_logit = logits.gather(-1, target[..., None])
     if nll_only:
-        return (nll,)
-    rank = (logp > target_logp).sum(-1)  # tokens scored strictly higher than the target
-    top1 = logp.max(-1).values
-    entropy = -(logp.exp() * logp).sum(-1) / np.log(2)
-    return nll, rank < top_k, top1.exp(), entropy
+        return (logits.exp().sum(-1).log() - target_logit.squeeze(-1),)
+    rank = (logits > target_logit).sum(-1)  # tokens scored strictly higher than the target
+    p = logits.exp()
+    total = p.sum(-1)
+    lse = total.log()
+    flat = p.view(-1, 1, p.shape[-1])
+    p_dot_logit = torch.bmm(flat, logits.view(-1, p.shape[-1], 1)).view(total.shape) / total
+    nll = lse - target_logit.squeeze(-1)
+    entropy = (lse - p_dot_logit) / np.log(2)
+    return nll, rank < top_k, 1.0 / total, entropy
 
 
 def token_nll(model, rows: np.ndarray, batch_size: int) -> np.ndarray:

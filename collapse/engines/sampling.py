@@ -41,6 +41,7 @@ PROVENANCE_COLUMNS = (
     "num_beams",
     "length_penalty",
     "repetition_penalty",
+    "eval_sample",
 )
 
 
@@ -158,8 +159,10 @@ def save_corpus(
     lineage: str,
     generation: int,
     parent_checkpoint: str,
+    eval_rows: int = 0,
 ) -> None:
-    """Write the synthetic corpus as a `datasets` dataset with provenance columns (atomically)."""
+    """Write the synthetic corpus as a `datasets` dataset with provenance columns (atomically).
+    The first `eval_rows` rows are also the generation's evaluation samples (`eval_sample`)."""
     import datasets
 
     n = len(rows)
@@ -173,6 +176,7 @@ def save_corpus(
         "prompt_id": [int(p) for p in prompt_ids],
         "num_prompt_tokens": [n_prompt] * n,
         "is_synthetic": [True] * n,
+        "eval_sample": [i < eval_rows for i in range(n)],
         **{k: [v] * n for k, v in asdict(params).items()},
     }
     ds = datasets.Dataset.from_dict(table)

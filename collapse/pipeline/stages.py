@@ -22,10 +22,27 @@ import numpy as np
 import torch
 
 from ..core import metrics as M
-from ..core.checkpoint import is_done, mark_done, read_json, remove_tree, write_json_atomic, write_npz_atomic
+from ..core.checkpoint import (
+    is_done,
+    mark_done,
+    read_json,
+    remove_tree,
+    write_json_atomic,
+    write_npy_atomic,
+    write_npz_atomic,
+)
 from ..core.config import Config
 from ..core.plan import LineageSpec, rows_per_generation
-from ..core.rundir import CORPUS_DIR, CORPUS_DONE, MODEL_DIR, PER_UNIT_FILE, TRAIN_META, TRAIN_ROWS, TRAIN_STATE
+from ..core.rundir import (
+    CORPUS_DIR,
+    CORPUS_DONE,
+    EVAL_SAMPLES,
+    MODEL_DIR,
+    PER_UNIT_FILE,
+    TRAIN_META,
+    TRAIN_ROWS,
+    TRAIN_STATE,
+)
 from ..core.seeding import derive_seed, seed_everything
 from ..engines.data import build_training_set, reference_rows
 from ..engines.environment import trim_heap
@@ -63,7 +80,7 @@ def run_lm_stages(ctx: StudyContext, unit, out: Path) -> dict:
         sample(ctx, unit, out, model, sampler, watermark, train_meta["weights_sha256"][:16])
         timing["sample_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics, per_unit = evaluate(ctx, unit, model, sampler, watermark)
+    metrics, per_unit, timing["eval_samples"] = evaluate(ctx, unit, model, sampler, watermark, out, timing)
     write_npz_atomic(out / PER_UNIT_FILE, per_unit)  # before the row: DONE vouches for both
     timing["eval_s"] = time.perf_counter() - t
     extra = {
@@ -137,54 +154,117 @@ def train(ctx: StudyContext, unit, out: Path, watermark: Watermark | None) -> to
     return trained.model
 
 
+def eval_seed_parts(ctx: StudyContext, unit) -> tuple:
+    """The evaluation samples' random numbers: (study seed, lineage seed, generation) only, so
+    lineages with the same seed draw with common random numbers and their differences are the
+    models' (what makes the per-sample values pair across lineages and studies)."""
+    return (ctx.cfg.study.seed, unit.spec.seed, unit.generation, "eval-samples")
+
+
+def corpus_carries_eval_samples(cfg: Config) -> bool:
+    """Whether a generation that samples a corpus draws its evaluation samples as the corpus's
+    first rows (and evaluation reuses them). Unconditional sampling only: a prompted corpus takes
+    its real prefixes from one permutation of the prompt pool, which rows drawn with the
+    evaluation's prompts would break (a prefix used twice, another never)."""
+    return cfg.sample.mode == "unconditional"
+
+
 def sample(
     ctx: StudyContext, unit, out: Path, model, sampler: Sampler, watermark: Watermark | None, parent: str
 ) -> None:
-    """Stage 4: the next generation's synthetic corpus, with provenance columns; its marker last."""
+    """Stage 4: the next generation's synthetic corpus, with provenance columns; its marker last.
+    Where the corpus carries the evaluation samples, they are drawn here, once, with the
+    evaluation's random numbers, and are the corpus's first rows (`eval_sample` column); the rest
+    of the corpus is drawn with the lineage's corpus seeds as before."""
     k, cfg, study = unit.generation, unit.spec.config, ctx.cfg.study
-    rows, prompt_ids, n_prompt, params = sample_rows(
+    draw = lambda n, seed_parts: sample_rows(  # noqa: E731
         model,
         sampler,
-        unit.corpus_rows,
+        n,
         cfg.sample,
         cfg.data.seq_len,
         ctx.tokenizer.eos_token_id,
         ctx.real.prompt,
-        (study.seed, unit.label, k, "corpus"),
+        seed_parts,
         watermark,
         ctx.start_id,
     )
-    save_corpus(out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, parent)
+    shared, corpus_seeds = 0, (study.seed, unit.label, k, "corpus")
+    if corpus_carries_eval_samples(cfg) and cfg.eval.num_samples > 0:
+        eval_rows, eval_prompts, n_prompt, params = draw(cfg.eval.num_samples, eval_seed_parts(ctx, unit))
+        write_npy_atomic(out / EVAL_SAMPLES, eval_rows)  # before the corpus's marker, which vouches for it
+        shared = min(len(eval_rows), unit.corpus_rows)
+        rows, prompt_ids = eval_rows[:shared], eval_prompts[:shared]
+        if unit.corpus_rows > shared:
+            more, more_prompts, n_prompt, params = draw(
+                unit.corpus_rows - shared, (study.seed, unit.label, k, "corpus")
+            )
+            rows, prompt_ids = np.concatenate([rows, more]), np.concatenate([prompt_ids, more_prompts])
+    else:
+        rows, prompt_ids, n_prompt, params = draw(unit.corpus_rows, corpus_seeds)
+    save_corpus(
+        out / CORPUS_DIR, rows, ctx.tokenizer, prompt_ids, n_prompt, params, unit.label, k, parent, eval_rows=shared
+    )
     ran = getattr(sampler, "ran", "") or type(sampler).__name__  # the fast path, or why it fell back
-    log.info("%s generation %d: sampled %d rows with %s", unit.label, k, len(rows), ran)
-    meta = {"rows": int(len(rows)), "tokens": int(rows.size), "params": params.__dict__, "sampler": ran}
+    log.info(
+        "%s generation %d: sampled %d rows with %s (%d are its eval samples)", unit.label, k, len(rows), ran, shared
+    )
+    meta = {
+        "rows": int(len(rows)),
+        "tokens": int(rows.size),
+        "params": params.__dict__,
+        "sampler": ran,
+        "eval_samples": int(shared),  # the corpus's first rows are the generation's evaluation samples
+    }
     mark_done(out, CORPUS_DONE, meta)
 
 
-def evaluate(ctx: StudyContext, unit, model, sampler: Sampler, watermark: Watermark | None) -> tuple[dict, dict]:
+def eval_samples(ctx: StudyContext, unit, out: Path, model, sampler: Sampler, watermark: Watermark | None):
+    """The generation's evaluation samples: drawn with its corpus (stage 4) where the corpus carries
+    them, else here with the same random numbers (the last generation samples no corpus; a prompted
+    corpus does not carry them). Either way the same rows: (seed, generation)'s stream."""
+    cfg = unit.spec.config
+    if (out / EVAL_SAMPLES).is_file():
+        return np.load(out / EVAL_SAMPLES), "corpus"
+    rows, *_ = sample_rows(
+        model,
+        sampler,
+        cfg.eval.num_samples,
+        cfg.sample,
+        cfg.data.seq_len,
+        ctx.tokenizer.eos_token_id,
+        ctx.real.prompt,
+        eval_seed_parts(ctx, unit),
+        watermark,
+        ctx.start_id,
+    )
+    return rows, "drawn"
+
+
+def evaluate(
+    ctx: StudyContext,
+    unit,
+    model,
+    sampler: Sampler,
+    watermark: Watermark | None,
+    out: Path,
+    timing: dict | None = None,
+) -> tuple[dict, dict, str]:
     """Stage 5: held-out real text, then diversity and gen-0 perplexity of a fixed-size sample set.
-    Returns the metrics and the per-sequence / per-sample values behind the paired tests."""
+    Returns the metrics, the per-sequence / per-sample values behind the paired tests, and where
+    the samples came from (`corpus` or `drawn`). `timing` gets each part's seconds (EVAL_PARTS)."""
     spec, k, cfg, study = unit.spec, unit.generation, unit.spec.config, ctx.cfg.study
     e = cfg.eval
     rng = np.random.default_rng(derive_seed(study.seed, unit.label, k, "bootstrap"))
     per_unit: dict = {}
+    timing = {} if timing is None else timing
+    t = time.perf_counter()
     real_metrics = evaluate_real(
         model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng, per_unit
     )
-    # Diversity on a fixed-size sample set seeded by (seed, generation) only: lineages with the
-    # same seed draw with common random numbers, so their differences are the models'.
-    samples, *_ = sample_rows(
-        model,
-        sampler,
-        e.num_samples,
-        cfg.sample,
-        cfg.data.seq_len,
-        ctx.tokenizer.eos_token_id,
-        ctx.real.prompt,
-        (study.seed, spec.seed, k, "eval-samples"),
-        watermark,
-        ctx.start_id,
-    )
+    timing["eval_real_s"], t = time.perf_counter() - t, time.perf_counter()
+    samples, source = eval_samples(ctx, unit, out, model, sampler, watermark)
+    timing["eval_sampling_s"], t = time.perf_counter() - t, time.perf_counter()
     reference = reference_rows(ctx.real.eval, e.num_samples)
     decode = lambda rows: ctx.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)  # noqa: E731
     absent: dict[str, str] = {}
@@ -201,9 +281,16 @@ def evaluate(ctx: StudyContext, unit, model, sampler: Sampler, watermark: Waterm
         absent,
     )
     note_absent(ctx.run, absent)
+    timing["eval_sample_metrics_s"], t = time.perf_counter() - t, time.perf_counter()
     gen0 = model if k == 0 else ctx.gen0_model(spec)
     div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng, per_unit))
-    return {**real_metrics, **div}, per_unit
+    timing["eval_gen0_s"] = time.perf_counter() - t
+    return {**real_metrics, **div}, per_unit, source
+
+
+# Where evaluation's seconds go (timing.json): held-out scoring, drawing the samples (zero where the
+# corpus carried them), the sample metrics (diversity, self-BLEU, embeddings), generation-0 scoring.
+EVAL_PARTS = ("eval_real_s", "eval_sampling_s", "eval_sample_metrics_s", "eval_gen0_s")
 
 
 def note_absent(run, absent: dict[str, str]) -> None:
