@@ -101,7 +101,7 @@ def _reduce(logits: torch.Tensor, target: torch.Tensor, top_k: int, nll_only: bo
     total = p.sum(-1)
     lse = total.log()
     flat = p.view(-1, 1, p.shape[-1])
-    p_dot_logit = torch.bmm(flat, logits.view(-1, p.shape[-1], 1)).view(total.shape) / total
+    p_dot_logit = torch.bmm(flat, logits.reshape(-1, p.shape[-1], 1)).view(total.shape) / total
     nll = lse - target_logit.squeeze(-1)
     entropy = (lse - p_dot_logit) / np.log(2)
     return nll, rank < top_k, 1.0 / total, entropy
