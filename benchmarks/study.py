@@ -35,7 +35,10 @@ def analyse(run_dir: Path) -> dict:
     eval_parts = dict.fromkeys(EVAL_PARTS, 0.0)
     eval_from: dict[str, int] = {}
     per_unit = {}
-    for path in list(run_dir.glob("lineages/*/gen_*/timing.json")) + list(run_dir.glob("shared/*/gen_000/timing.json")):
+    paths = list(run_dir.glob("lineages/*/gen_*/timing.json")) + list(run_dir.glob("shared/*/gen_000/timing.json"))
+    for path in paths:
+        if path.is_symlink():  # a lineage's gen_000 links the shared generation 0's files: counted once
+            continue
         timing = json.loads(path.read_text())
         for key in STAGES:
             sums[key] += timing.get(key, 0.0)
