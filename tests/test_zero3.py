@@ -68,9 +68,29 @@ def _rank(rank: int, port: int, results) -> None:
     torch.distributed.barrier()
 
 
+def _run_ranks(target, ranks: int, *args) -> dict:
+    """`target(rank, port, *args, results)` in `ranks` spawned processes forming one gloo group;
+    rank -> the rest of the tuple each put on `results`."""
+    from collapse.engines.workers import _free_port
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=target, args=(r, port, *args, results)) for r in range(ranks)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in procs:
+        rank, *values = results.get(timeout=600)
+        got[rank] = tuple(values)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return got
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS reset needs Linux /proc")
 def test_zero3_consolidation_gathers_one_parameter_at_a_time(monkeypatch):
-    from collapse.engines.workers import _free_port
 
     # glibc returns large blocks to the OS only when they were mmapped; a fixed threshold stops it
     # from raising that threshold after the first free, so RSS follows the live tensors.
@@ -79,19 +99,7 @@ def test_zero3_consolidation_gathers_one_parameter_at_a_time(monkeypatch):
     model = build_model(MODEL, VOCAB, 64, 0, seed=1)
     full_mb = count_parameters(model) * 4 / 2**20
     largest_mb = max(p.numel() for p in model.parameters()) * 4 / 2**20
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = {}
-    for _ in procs:
-        rank, per_param_mb, full_gather_mb, same = results.get(timeout=300)
-        got[rank] = (per_param_mb, full_gather_mb, same)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    got = _run_ranks(_rank, 2)
     print(
         {r: (round(a), round(b)) for r, (a, b, _) in got.items()}, f"model {full_mb:.0f} MB, largest {largest_mb:.0f}"
     )
@@ -151,7 +159,6 @@ def test_zero3_builds_and_loads_a_model_in_partitions_never_whole_on_a_rank(monk
     """Under ZeRO-3 a rank builds (from scratch, and from a pretrained base dir) only its partitions
     plus one parameter at a time, and the weights equal the torch engine's: the seeded init of
     `build_model`, and the base dir's tensors."""
-    from collapse.engines.workers import _free_port
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     model = build_model(BIG, VOCAB, 64, 0, seed=2)
@@ -159,19 +166,7 @@ def test_zero3_builds_and_loads_a_model_in_partitions_never_whole_on_a_rank(monk
     full_mb = count_parameters(model) * 4 / 2**20
     layer_mb = count_parameters(model.model.layers[0]) * 4 / 2**20
     del model
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_build_rank, args=(r, port, str(tmp_path / "base"), results)) for r in range(RANKS)]
-    for p in procs:
-        p.start()
-    got = {}
-    for _ in procs:
-        rank, fresh_mb, loaded_mb, worst = results.get(timeout=600)
-        got[rank] = (fresh_mb, loaded_mb, worst)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    got = _run_ranks(_build_rank, RANKS, str(tmp_path / "base"))
     bound = full_mb / RANKS + layer_mb + 24  # its partition, one layer, allocator and DeepSpeed bookkeeping
     print({r: (round(a), round(b)) for r, (a, b, _) in got.items()}, f"model {full_mb:.0f} MB, bound {bound:.0f}")
     assert got[0][2] == 0.0  # the same values, bit for bit: the init is a function of (seed, name)
