@@ -111,7 +111,8 @@ def test_ctrl_c_stops_the_study_and_every_worker(small_corpus, tmp_path):
     out = tmp_path / "run"
     proc = popen_study(_run_cmd(out, overrides))
     try:
-        assert wait_for(lambda: len(_workers(proc)) == 2 and any((out / "lineages").glob("*/gen_001")), proc)
+        # mid-unit (a worker holds a generation's lock), not in the seconds after the last row
+        assert wait_for(lambda: len(_workers(proc)) == 2 and _training_worker(proc) is not None, proc)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole foreground group
         assert proc.wait(timeout=60) == 130
         _assert_all_exit(proc)
