@@ -100,7 +100,23 @@ def popen_study(cmd: list[str]):
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=_default_sigint,
+    )
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal's foreground job gets it. A shell's background job (`.ci/run &`, a
+    CI runner's script) starts with SIGINT ignored, every child inherits that, and Python then
+    installs no KeyboardInterrupt handler: a Ctrl-C test would see the study run to its end."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
