@@ -154,6 +154,22 @@ def train(ctx: StudyContext, unit, out: Path, watermark: Watermark | None) -> to
     return trained.model
 
 
+def _draw(ctx: StudyContext, cfg: Config, model, sampler: Sampler, watermark: Watermark | None, n: int, seed_parts):
+    """`n` rows of the (seed_parts) stream with the unit's decoding: a corpus's or evaluation's."""
+    return sample_rows(
+        model,
+        sampler,
+        n,
+        cfg.sample,
+        cfg.data.seq_len,
+        ctx.tokenizer.eos_token_id,
+        ctx.real.prompt,
+        seed_parts,
+        watermark,
+        ctx.start_id,
+    )
+
+
 def eval_seed_parts(ctx: StudyContext, unit) -> tuple:
     """The evaluation samples' random numbers: (study seed, lineage seed, generation) only, so
     lineages with the same seed draw with common random numbers and their differences are the
@@ -177,18 +193,7 @@ def sample(
     evaluation's random numbers, and are the corpus's first rows (`eval_sample` column); the rest
     of the corpus is drawn with the lineage's corpus seeds as before."""
     k, cfg, study = unit.generation, unit.spec.config, ctx.cfg.study
-    draw = lambda n, seed_parts: sample_rows(  # noqa: E731
-        model,
-        sampler,
-        n,
-        cfg.sample,
-        cfg.data.seq_len,
-        ctx.tokenizer.eos_token_id,
-        ctx.real.prompt,
-        seed_parts,
-        watermark,
-        ctx.start_id,
-    )
+    draw = lambda n, seed_parts: _draw(ctx, cfg, model, sampler, watermark, n, seed_parts)  # noqa: E731
     shared, corpus_seeds = 0, (study.seed, unit.label, k, "corpus")
     if corpus_carries_eval_samples(cfg) and cfg.eval.num_samples > 0:
         eval_rows, eval_prompts, n_prompt, params = draw(cfg.eval.num_samples, eval_seed_parts(ctx, unit))
@@ -196,9 +201,7 @@ def sample(
         shared = min(len(eval_rows), unit.corpus_rows)
         rows, prompt_ids = eval_rows[:shared], eval_prompts[:shared]
         if unit.corpus_rows > shared:
-            more, more_prompts, n_prompt, params = draw(
-                unit.corpus_rows - shared, (study.seed, unit.label, k, "corpus")
-            )
+            more, more_prompts, n_prompt, params = draw(unit.corpus_rows - shared, corpus_seeds)
             rows, prompt_ids = np.concatenate([rows, more]), np.concatenate([prompt_ids, more_prompts])
     else:
         rows, prompt_ids, n_prompt, params = draw(unit.corpus_rows, corpus_seeds)
@@ -226,18 +229,7 @@ def eval_samples(ctx: StudyContext, unit, out: Path, model, sampler: Sampler, wa
     cfg = unit.spec.config
     if (out / EVAL_SAMPLES).is_file():
         return np.load(out / EVAL_SAMPLES), "corpus"
-    rows, *_ = sample_rows(
-        model,
-        sampler,
-        cfg.eval.num_samples,
-        cfg.sample,
-        cfg.data.seq_len,
-        ctx.tokenizer.eos_token_id,
-        ctx.real.prompt,
-        eval_seed_parts(ctx, unit),
-        watermark,
-        ctx.start_id,
-    )
+    rows, *_ = _draw(ctx, cfg, model, sampler, watermark, cfg.eval.num_samples, eval_seed_parts(ctx, unit))
     return rows, "drawn"
 
 
