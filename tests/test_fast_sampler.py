@@ -77,7 +77,7 @@ def test_sampling_is_seeded_and_prefix_stable(trained):
     prompts = np.zeros((20, 1), np.int32)
     p = SampleParams(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=16)
     a, b = s.generate(model, prompts, p, ("s", 1), 0), s.generate(model, prompts, p, ("s", 1), 0)
-    assert s.ran == "fast (KV-cache decoder)"  # what the log line and synthetic.json say
+    assert s.ran == "fast (KV-cache decoder, fp32)"  # what the log line and synthetic.json say
     c = s.generate(model, prompts, p, ("s", 2), 0)
     small = s.generate(model, prompts[:5], p, ("s", 1), 0)
     assert np.array_equal(a, b) and not np.array_equal(a, c) and np.array_equal(small, a[:5])
@@ -118,7 +118,10 @@ def test_other_architectures_fall_back_to_generate():
     assert np.array_equal(
         fast.generate(model, prompts, p, ("f",), 0), HFSampler(4).generate(model, prompts, p, ("f",), 0)
     )
-    assert fast.ran == "fast backend fell back to transformers generate (GPT2LMHeadModel is not a Llama-style decoder)"
+    assert fast.ran == (
+        "fast backend fell back to transformers generate (GPT2LMHeadModel is not a Llama-style decoder; "
+        "hf (transformers generate, fp32))"
+    )
 
 
 def test_compiled_static_decode_matches_eager(trained):

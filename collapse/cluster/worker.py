@@ -168,10 +168,11 @@ class LineageWorker:
 
     def shutdown(self) -> None:
         """End of the study for this slot: close the lineage, let its W&B calls finish, stop its
-        training workers."""
+        training workers and its vLLM engine."""
         self.close()
         self._tracking.drain()
         self.ctx.close_workers()
+        self.ctx.close_vllm()
 
     def close(self) -> None:
         if self._log is not None:

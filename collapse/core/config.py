@@ -24,6 +24,7 @@ EngineName = Literal["torch", "deepspeed"]
 SampleMode = Literal["unconditional", "prompted"]
 Decoding = Literal["sample", "greedy", "beam"]
 SamplerName = Literal["fast", "hf", "vllm"]
+PrecisionName = Literal["auto", "bf16", "fp32"]
 WandbMode = Literal["offline", "online", "disabled"]
 FilterName = Literal["none", "provenance_cap", "watermark", "verify", "perplexity", "detector_resample"]
 SearchMethod = Literal["none", "threshold"]
@@ -31,6 +32,12 @@ JoinLines = Literal["wikitext"]
 REGIMES, FAMILIES, INITS, ARCHS = get_args(Regime), get_args(Family), get_args(Init), get_args(Arch)
 ENGINES, SAMPLE_MODES, DECODINGS = get_args(EngineName), get_args(SampleMode), get_args(Decoding)
 SAMPLERS, WANDB_MODES, FILTERS = get_args(SamplerName), get_args(WandbMode), get_args(FilterName)
+PRECISIONS = get_args(PrecisionName)
+# `*.precision`: what `auto` means is measured (collapse/engines/precision.py; README "Precision").
+PRECISION_DOC = (
+    "`auto`: bf16 on a GPU with bf16, or a CPU with bf16 matrix units (AMX / AVX512-BF16) at hidden size >= 256; "
+    "else fp32. `fp32`: bit-exact across layouts. `bf16`: always."
+)
 # Keys that define what a study shares, built once from the study-level config: the tokenized real
 # pools and tokenizer, the eval subset and frequency buckets, the actors' resources, the tracker.
 # A grid axis over one of them would be silently ignored for some lineages, so it is refused.
@@ -311,6 +318,9 @@ class TrainConfig:
     checkpoint_every: int = doc(
         "Steps between step checkpoints (resume point inside a generation; 0 = off).", default=100
     )
+    precision: PrecisionName = doc(
+        f"Training precision: bf16 autocast with fp32 master weights and AdamW state. {PRECISION_DOC}", default="auto"
+    )
     mixing: Literal["dataset", "batch"] = doc(
         "`dataset`: shuffle the whole training set; `batch`: every batch holds the set's real/synthetic shares "
         "(torch engine).",
@@ -354,7 +364,7 @@ class TrainConfig:
 class SampleConfig:
     backend: SamplerName = doc(
         "`fast`: static-KV-cache sampler (Llama; greedy identical to generate), `hf`: transformers generate, "
-        "`vllm`: vLLM on a GPU (extra `[vllm]`).",
+        "`vllm`: vLLM on a GPU (extra `[vllm]`) or a CPU (`launch/install.sh --vllm`).",
         default="fast",
     )
     compile: bool = doc(
@@ -383,6 +393,10 @@ class SampleConfig:
     top_k: int = doc("Top-k truncation (0 = off).", default=0)
     top_p: float = doc("Nucleus truncation (1.0 = off).", default=1.0)
     batch_size: int = doc("Sequences generated per batch.", default=128)
+    precision: PrecisionName = doc(
+        f"Sampling precision: bf16 decodes with bf16 weights, samples from fp32 logits. {PRECISION_DOC}",
+        default="auto",
+    )
 
     def validate(self) -> None:
         _check(self.num_beams >= 1, "sample.num_beams", "must be >= 1")
@@ -404,6 +418,11 @@ class EvalConfig:
         "Sequences sampled each generation for diversity metrics (fixed, so comparable).", default=128
     )
     batch_size: int = doc("Sequences per forward pass when scoring held-out text.", default=64)
+    precision: PrecisionName = doc(
+        f"Scoring precision (held-out text, generation-0 perplexity): bf16 autocast, softmax statistics in "
+        f"fp32. {PRECISION_DOC}",
+        default="auto",
+    )
     head_mass: float = doc("Head bucket: most frequent train tokens covering this share of tokens.", default=0.5)
     tail_mass: float = doc("Tail bucket: rarest train tokens covering this share of tokens.", default=0.1)
     rare_ngram_max_count: int = doc(
@@ -713,7 +732,6 @@ def validate(cfg: Config) -> None:
     if m.init == "base" or "base" in g.extra.get("model.init", []):
         _check(bool(m.base_path), "model.base_path", "is required when model.init is `base`: a local HF model dir")
     if sm.backend == "vllm":
-        _check(cfg.resources.gpu > 0, "sample.backend", "`vllm` needs a GPU: resources.gpu: 1 (or a fraction)")
         _check(
             cfg.mitigation.filter != "watermark",
             "sample.backend",

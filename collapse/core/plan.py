@@ -92,10 +92,12 @@ def lineage_name(c: float, regime: str, seed: int, extra: dict[str, Any]) -> str
 # Settings that say how a study executes, not what it computes: the same study on another cluster
 # layout (engine, workers, micro-batches, checkpoint interval, compiled decode, scoring batch) must
 # draw the same seeds and give the same numbers up to float noise, so they never enter the
-# generation-0 identity (from which every seed of a generation-0 unit derives).
+# generation-0 identity (from which every seed of a generation-0 unit derives). Precision is one:
+# `auto` resolves per machine, and bf16 against fp32 of one study is then a paired comparison of the
+# same draws (bf16 noise; README "Precision").
 EXECUTION_ONLY = (
     "train.engine", "train.workers", "train.deepspeed", "train.micro_batch_size", "train.checkpoint_every",
-    "sample.compile", "eval.batch_size",
+    "sample.compile", "eval.batch_size", "train.precision", "sample.precision", "eval.precision",
 )  # fmt: skip
 # Scientific keys added after identity 2: left out of the identity while at their default, so that
 # run directories made before them (whose study.yaml lacks them) resume onto the same units.

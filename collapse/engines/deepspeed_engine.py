@@ -24,7 +24,16 @@ from ..core.checkpoint import read_json, remove_tree, replace_dir, write_json_at
 from ..core.config import TrainConfig
 from .environment import resolve_deepspeed_config, tell_deepspeed_the_accelerator
 from .model import base_config, empty_model, hf_config, initial_value, weight_reader
-from .torch_engine import STEP_DIR, STEP_DONE, TrainResult, latest_checkpoint, make_optimizer, run_steps, total_steps
+from .torch_engine import (
+    STEP_DIR,
+    STEP_DONE,
+    TrainResult,
+    check_resumed_precision,
+    latest_checkpoint,
+    make_optimizer,
+    run_steps,
+    total_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +50,9 @@ def import_deepspeed():
 TAG = "ckpt"
 
 
-def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
-    """The JSON named by `train.deepspeed`, with "auto" fields derived from the train config."""
+def deepspeed_config(cfg: TrainConfig, world: int, precision: str = "fp32") -> dict:
+    """The JSON named by `train.deepspeed`, with "auto" fields derived from the train config; its
+    bf16 section's "auto" follows `precision` (train.precision, resolved)."""
     path = resolve_deepspeed_config(cfg.deepspeed)
     if path is None:
         raise ValueError(f"train.deepspeed: {cfg.deepspeed!r} not found")
@@ -57,7 +67,7 @@ def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
         if ds.get(key, "auto") == "auto":
             ds[key] = value
     if ds.get("bf16", {}).get("enabled") == "auto":
-        ds["bf16"]["enabled"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        ds["bf16"]["enabled"] = precision == "bf16"
     ds.setdefault("steps_per_print", 10**9)
     return ds
 
@@ -114,8 +124,8 @@ def _barrier() -> None:
 
 
 class DeepSpeedEngine:
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, precision: str = "fp32"):
+        self.cfg, self.precision = cfg, precision  # precision: train.precision resolved (the bf16 section)
 
     def fit(
         self, model: torch.nn.Module, rows: np.ndarray, seed_parts: tuple, ckpt_root: Path
@@ -125,7 +135,7 @@ class DeepSpeedEngine:
 
         cfg, t0 = self.cfg, time.perf_counter()
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        ds_cfg = deepspeed_config(cfg, world)
+        ds_cfg = deepspeed_config(cfg, world, self.precision)
         engine, optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=make_optimizer(model, cfg), config=copy.deepcopy(ds_cfg)
         )
@@ -153,7 +163,9 @@ class DeepSpeedEngine:
         save = lambda step, losses: self._save(engine, step, losses, ckpt_root, rank)  # noqa: E731
         run_steps(cfg, optimizer, n_rows, start, steps, losses, seed_parts, train_step, save)
         state = self._consolidate(engine, rank)
-        result = TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
+        precision = "bf16" if ds_cfg.get("bf16", {}).get("enabled") else "fp32"
+        tokens = steps * cfg.batch_size * rows.shape[1]
+        result = TrainResult(steps, tokens, losses, start, time.perf_counter() - t0, precision)
         if hasattr(engine, "destroy"):  # frees DeepSpeed's hooks and buffers (newer releases)
             engine.destroy()
         return result, state
@@ -170,7 +182,8 @@ class DeepSpeedEngine:
         engine.save_checkpoint(str(tmp), tag=TAG)  # every rank writes its shards
         _barrier()
         if rank == 0:
-            write_json_atomic(tmp / STEP_DONE, {"step": step, "losses": losses, "engine": "deepspeed"})
+            meta = {"step": step, "losses": losses, "engine": "deepspeed", "precision": self.precision}
+            write_json_atomic(tmp / STEP_DONE, meta)
             replace_dir(tmp, final)  # every rank's shards are fsynced before the checkpoint appears
             for old in root.glob("step_*"):
                 if old.name != final.name:
@@ -181,8 +194,9 @@ class DeepSpeedEngine:
         latest = latest_checkpoint(root)
         if latest is None:
             return 0, []
-        engine.load_checkpoint(str(latest), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
         meta = read_json(latest / STEP_DONE)
+        check_resumed_precision(meta, self.precision, latest)
+        engine.load_checkpoint(str(latest), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
         log.info("resumed DeepSpeed training at step %d from %s", meta["step"], latest)
         return int(meta["step"]), list(meta["losses"])
 

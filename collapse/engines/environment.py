@@ -8,6 +8,7 @@ run / resume / validate`), not for every lineage a plan expands.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -54,14 +55,44 @@ def check_environment(cfg: Config) -> None:
         _require(
             importlib.util.find_spec("vllm") is not None,
             "sample.backend",
-            '`vllm` needs vLLM installed (GPU machines): pip install -e ".[vllm]"; or use `fast`',
+            '`vllm` needs vLLM installed: bash launch/install.sh --vllm (CPU) or pip install -e ".[vllm]" (GPU); '
+            "or use `fast`",
         )
+        check_vllm_head_dim(cfg)
     if cfg.data.source != "austen":
         _require(
             Path(cfg.data.source).exists(),
             "data.source",
             f"path not found: {cfg.data.source} (use `austen` or a local path)",
         )
+
+
+# Head dims vLLM's CPU attention has kernels for (vllm/v1/attention/backends/cpu_attn.py,
+# `get_supported_head_sizes`; a test compares them with the installed vLLM's). Any other fails
+# inside the engine core after its start: "Unsupported CPU attention configuration: head_dim=16".
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def check_vllm_head_dim(cfg: Config) -> None:
+    """On a machine without CUDA, vLLM runs its CPU attention: refuse a head dim it has no kernel for."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    m = cfg.model
+    if m.init == "base" or "base" in cfg.grid.extra.get("model.init", []):
+        hf = json.loads((Path(m.base_path) / "config.json").read_text())
+        head_dim = int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
+        where = f"model.base_path ({m.base_path}) has head dim {head_dim}"
+    else:
+        head_dim = m.d_model // m.n_heads
+        where = f"model.d_model / model.n_heads = {m.d_model} / {m.n_heads} = head dim {head_dim}"
+    _require(
+        head_dim in VLLM_CPU_HEAD_DIMS,
+        "sample.backend",
+        f"`vllm` on CPU has attention kernels for head dims {list(VLLM_CPU_HEAD_DIMS)}, but {where}: set "
+        "model.n_heads (or model.d_model) to give one of them, or use sample.backend: fast",
+    )
 
 
 def tell_deepspeed_the_accelerator() -> None:

@@ -12,6 +12,7 @@ import torch
 from ..core import metrics as M
 from ..core.stats import bootstrap_ci, half_sample_ci, with_ci
 from .embeddings import embedding_metrics
+from .precision import autocast
 
 
 @dataclass
@@ -50,11 +51,15 @@ def _body_and_head(model):
 
 
 @torch.inference_mode()
-def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10, nll_only: bool = False) -> TokenScores:
+def score_tokens(
+    model, rows: np.ndarray, batch_size: int, top_k: int = 10, nll_only: bool = False, precision: str = "fp32"
+) -> TokenScores:
     """Per target token: NLL, top-k membership, top-1 probability and entropy (`nll_only`: NLL
     alone). Streamed: each micro-batch's hidden states go through the output layer a slice of
     positions at a time, and each slice's statistics are reduced before the next. Inference mode,
-    at a batch of at least `scoring_batch` rows."""
+    at a batch of at least `scoring_batch` rows. `precision` (resolved, `eval.precision`): bf16 runs
+    the body and the output layer under bf16 autocast and reduces the logits in fp32 (SmolLM2-135M
+    on held-out Austen: relative change of perplexity 1e-4, 2x the tokens/s; README "Precision")."""
     model.eval()
     batch_size = scoring_batch(batch_size, rows.shape[1] if rows.ndim == 2 else 1)
     device = next(model.parameters()).device
@@ -64,12 +69,17 @@ def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10, nll_
         ids = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size], dtype=np.int64)).to(device)
         target = ids[:, 1:]
         if split is None:
-            slices = [(model(input_ids=ids).logits[:, :-1], target)]
+            with autocast(precision, device.type):
+                slices = [(model(input_ids=ids).logits[:, :-1], target)]
         else:
             body, head = split
-            hidden = body(input_ids=ids).last_hidden_state[:, :-1]
+            with autocast(precision, device.type):
+                hidden = body(input_ids=ids).last_hidden_state[:, :-1]
             step = max(1, CHUNK_FLOATS // (len(ids) * head.out_features))
-            slices = ((head(hidden[:, s : s + step]), target[:, s : s + step]) for s in range(0, hidden.shape[1], step))
+            slices = (
+                (_head(head, hidden[:, s : s + step], precision), target[:, s : s + step])
+                for s in range(0, hidden.shape[1], step)
+            )
         parts = [_reduce(logits.float(), t, top_k, nll_only) for logits, t in slices]
         nll_out.append(torch.cat([p[0] for p in parts], 1).cpu().numpy())
         if not nll_only:
@@ -83,6 +93,12 @@ def score_tokens(model, rows: np.ndarray, batch_size: int, top_k: int = 10, nll_
         nll = np.concatenate(nll_out)
         return TokenScores(nll, np.zeros(nll.shape, bool))
     return TokenScores(*(np.concatenate(x) for x in (nll_out, top_out, max_out, ent_out)))
+
+
+def _head(head, hidden: torch.Tensor, precision: str) -> torch.Tensor:
+    """One slice of positions through the output layer (slices are made lazily: one at a time)."""
+    with autocast(precision, hidden.device.type):
+        return head(hidden)
 
 
 def _reduce(logits: torch.Tensor, target: torch.Tensor, top_k: int, nll_only: bool) -> tuple:
@@ -110,9 +126,9 @@ def _reduce(logits: torch.Tensor, target: torch.Tensor, top_k: int, nll_only: bo
     return nll, (target_logit >= kth).squeeze(-1), 1.0 / total, entropy
 
 
-def token_nll(model, rows: np.ndarray, batch_size: int) -> np.ndarray:
+def token_nll(model, rows: np.ndarray, batch_size: int, precision: str = "fp32") -> np.ndarray:
     """Per-token NLL (nats) of rows[:, 1:] given the prefix: [n, seq_len - 1]."""
-    return score_tokens(model, rows, batch_size, nll_only=True).nll
+    return score_tokens(model, rows, batch_size, nll_only=True, precision=precision).nll
 
 
 def real_metrics(scores: TokenScores, targets: np.ndarray, buckets: np.ndarray, rare: np.ndarray) -> dict[str, float]:
@@ -140,11 +156,12 @@ def evaluate_real(
     resamples: int,
     rng: np.random.Generator,
     per_sequence: dict | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Held-out real text; intervals resample whole sequences. `per_sequence` (a dict) receives the
     per-sequence values behind the paired tests: mean NLL and mean NLL of tail-bucket tokens."""
     eval_rows = np.asarray(eval_rows)
-    scores = score_tokens(model, eval_rows, batch_size, top_k)
+    scores = score_tokens(model, eval_rows, batch_size, top_k, precision=precision)
     targets = eval_rows[:, 1:]
     row = real_metrics(scores, targets, buckets, rare)
     # Per-sequence sums once, so each resample is a few vectorised sums, not a rescoring.
@@ -234,11 +251,12 @@ def gen0_perplexity(
     resamples: int,
     rng: np.random.Generator,
     per_sample: dict | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Perplexity of this generation's samples under the generation-0 model. Collapse: the
     samples drift to text the real-data model finds unlikely (or, under mode collapse, *more*
     likely: a fall below generation 0's own value means the samples concentrate on its modes)."""
-    nll = token_nll(gen0_model, np.asarray(samples), batch_size)
+    nll = token_nll(gen0_model, np.asarray(samples), batch_size, precision)
     row = {M.PPL_SAMPLES_GEN0: float(np.exp(nll.mean()))}
     per_row = nll.mean(1)  # equal lengths: the mean of row means is the mean
     with_ci(row, M.PPL_SAMPLES_GEN0, bootstrap_ci(lambda idx: np.exp(per_row[idx].mean(1)), len(nll), resamples, rng))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..core.seeding import derive_seed
 from .hf_sampler import HFSampler
+from .precision import DecodingWeights, resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,17 @@ def sample_categorical(
 class FastSampler:
     """Same interface as HFSampler (`generate_batch`, `generate`)."""
 
-    def __init__(self, batch_size: int, greedy: bool = False, stop_at_eos: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        batch_size: int,
+        greedy: bool = False,
+        stop_at_eos: bool = False,
+        compile: bool = False,
+        precision: str = "fp32",
+    ):
         self.batch_size, self.greedy, self.stop_at_eos, self.compile = batch_size, greedy, stop_at_eos, compile
+        self.precision = precision  # sample.precision: `auto` resolves per model (engines/precision.py)
+        self._weights = DecodingWeights()
         self._compiled = None
         self._decoders: dict[int, LlamaDecoder] = {}
         self._fallback = None
@@ -225,10 +235,14 @@ class FastSampler:
     def generate_batch(self, model, prompts: np.ndarray, b: int, params, seed_parts: tuple, pad_id: int) -> np.ndarray:
         if not supports(model) or params.decoding == "beam":  # beam search: transformers generate
             why = "beam search" if params.decoding == "beam" else f"{type(model).__name__} is not a Llama-style decoder"
-            self.ran = f"fast backend fell back to transformers generate ({why})"
-            self._fallback = self._fallback or HFSampler(self.batch_size)
-            return self._fallback.generate_batch(model, prompts, b, params, seed_parts, pad_id)
-        self.ran = "fast (KV-cache decoder" + (", compiled step)" if self.compile and not self.stop_at_eos else ")")
+            self._fallback = self._fallback or HFSampler(self.batch_size, self.precision)
+            out = self._fallback.generate_batch(model, prompts, b, params, seed_parts, pad_id)
+            self.ran = f"fast backend fell back to transformers generate ({why}; {self._fallback.ran})"
+            return out
+        precision = resolve_for(self.precision, model)
+        model = self._weights(model, precision)
+        compiled_step = self.compile and not self.stop_at_eos
+        self.ran = f"fast (KV-cache decoder{', compiled step' if compiled_step else ''}, {precision})"
         bs = self.batch_size
         # A last, partial batch computes only its rows; each row still draws the uniform of its
         # slot in a full batch, so its tokens do not depend on n. (Padding to the full batch, as

@@ -7,6 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from ..core.seeding import derive_seed
+from .precision import DecodingWeights, resolve_for
 from .sampling import SampleParams
 from .watermark import WatermarkLogitsProcessor
 
@@ -14,8 +15,10 @@ from .watermark import WatermarkLogitsProcessor
 class HFSampler:
     """`sample.backend: hf` — transformers `generate` with its KV cache, batched."""
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, precision: str = "fp32"):
+        self.batch_size, self.precision = batch_size, precision  # precision: sample.precision (auto resolves per model)
+        self._weights = DecodingWeights()
+        self.ran = ""
 
     @staticmethod
     def generation_config(params: SampleParams, pad_id: int) -> GenerationConfig:
@@ -38,7 +41,9 @@ class HFSampler:
         self, model, prompts: np.ndarray, b: int, params: SampleParams, seed_parts: tuple, pad_id: int
     ) -> np.ndarray:
         """Batch b of the stream: rows [b*bs, (b+1)*bs) of `prompts`, seeded by (seed_parts, b)."""
-        model.eval()
+        precision = resolve_for(self.precision, model)
+        self.ran = f"hf (transformers generate, {precision})"
+        model = self._weights(model, precision).eval()
         bs, n = self.batch_size, len(prompts)
         chunk = prompts[b * bs : (b + 1) * bs]
         if len(chunk) < bs:  # pad to full batch so the random stream doesn't depend on n

@@ -10,5 +10,5 @@ from .sampling import Sampler
 
 def build_sampler(cfg: SampleConfig) -> Sampler:
     if cfg.backend == "fast":
-        return FastSampler(cfg.batch_size, compile=cfg.compile)
-    return HFSampler(cfg.batch_size)
+        return FastSampler(cfg.batch_size, compile=cfg.compile, precision=cfg.precision)
+    return HFSampler(cfg.batch_size, precision=cfg.precision)

@@ -23,6 +23,7 @@ from ..core.checkpoint import mark_done, read_json, remove_tree, write_dir_atomi
 from ..core.config import TrainConfig
 from ..core.seeding import numpy_rng
 from .environment import tell_deepspeed_the_accelerator
+from .precision import hidden_size, resolve
 
 log = logging.getLogger(__name__)
 STEP_DIR = "step_{:06d}"
@@ -36,6 +37,7 @@ class TrainResult:
     losses: list[float]
     resumed_from: int
     seconds: float
+    precision: str = "fp32"  # what train.precision resolved to on the machine that trained
 
     @property
     def final_loss(self) -> float:
@@ -146,21 +148,25 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def make_accelerator():
-    """Device placement and mixed precision for the single-process engine: the visible GPU with
-    bf16 autocast where it supports bf16, else the CPU in fp32 (where the loop is unchanged)."""
+def training_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_accelerator(precision: str):
+    """Device placement and mixed precision for the single-process engine: the visible GPU, else
+    the CPU; bf16 autocast around the forward where `precision` (resolved) is bf16, with fp32
+    master weights, gradients and AdamW state (accelerate's "bf16" mode), else plain fp32."""
     tell_deepspeed_the_accelerator()
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    return Accelerator(cpu=training_device() == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
 
 
 class TorchEngine:
     """Single-process engine (`train.engine: torch`), placed and cast by accelerate."""
 
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+        self.cfg, self.precision = cfg, "fp32"
 
     def fit(
         self,
@@ -175,9 +181,11 @@ class TorchEngine:
         cfg, t0 = self.cfg, time.perf_counter()
         n_rows = len(rows)
         steps = total_steps(n_rows, cfg)
-        accelerator = make_accelerator()
+        precision = resolve(cfg.precision, training_device(), hidden_size(model))
+        self.precision = precision  # the step checkpoints record it
+        accelerator = make_accelerator(precision)
         model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg))
-        start, losses = self._restore(model, optimizer, ckpt_root)
+        start, losses = self._restore(model, optimizer, ckpt_root, precision)
         if start:
             log.info("resuming training at step %d/%d from %s", start, steps, ckpt_root)
         data = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
@@ -201,26 +209,41 @@ class TorchEngine:
         save = lambda step, losses: self._save(model, optimizer, step, losses, ckpt_root)  # noqa: E731
         run_steps(cfg, optimizer, n_rows, start, steps, losses, seed_parts, train_step, save, strata, on_step)
         accelerator.unwrap_model(model).eval()
-        return TrainResult(steps, steps * cfg.batch_size * rows.shape[1], losses, start, time.perf_counter() - t0)
+        tokens = steps * cfg.batch_size * rows.shape[1]
+        return TrainResult(steps, tokens, losses, start, time.perf_counter() - t0, precision)
 
     # -- step checkpoints: model + optimizer + step + loss history; step.json last ---------------
 
     def _save(self, model, optimizer, step: int, losses: list[float], root: Path) -> None:
+        precision = self.precision
+
         def fill(tmp: Path) -> None:
             save_weights(model, str(tmp / "model.safetensors"))  # handles tied embeddings
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            mark_done(tmp, STEP_DONE, {"step": step, "losses": losses})
+            mark_done(tmp, STEP_DONE, {"step": step, "losses": losses, "precision": precision})
 
         write_dir_atomic(root / STEP_DIR.format(step), fill)
         for old in sorted(root.glob("step_*")):  # keep only the newest valid checkpoint
             if old.name != STEP_DIR.format(step):
                 remove_tree(old)
 
-    def _restore(self, model, optimizer, root: Path) -> tuple[int, list[float]]:
+    def _restore(self, model, optimizer, root: Path, precision: str) -> tuple[int, list[float]]:
         latest = latest_checkpoint(root)
         if latest is None:
             return 0, []
+        meta = read_json(latest / STEP_DONE)
+        check_resumed_precision(meta, precision, latest)
         load_weights(model, str(latest / "model.safetensors"))
         optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
-        meta = read_json(latest / STEP_DONE)
         return int(meta["step"]), list(meta["losses"])
+
+
+def check_resumed_precision(meta: dict, precision: str, checkpoint: Path) -> None:
+    """A generation trained partly in bf16 and partly in fp32 would be neither run: a resume on a
+    machine where `train.precision` resolves otherwise stops, naming the fix, instead of mixing."""
+    saved = meta.get("precision", "fp32")  # checkpoints written before the setting were fp32
+    if saved != precision:
+        raise RuntimeError(
+            f"train.precision: {checkpoint} was trained in {saved}, but this machine resolves {precision}; "
+            f"resume with --set train.precision={saved}"
+        )

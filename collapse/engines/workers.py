@@ -10,6 +10,7 @@ in-process as a process group of one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -32,8 +33,10 @@ from .deepspeed_engine import (
 )
 from .environment import claim_gpu_share
 from .model import WEIGHTS_FILE, build_model, load_model, model_from_state, save_model_dir
+from .precision import resolve
 from .samplers import build_sampler
 from .tokenizer import load_tokenizer
+from .torch_engine import training_device
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,13 @@ class InitSpec:
     seq_len: int = 0
     eos_id: int = 0
     seed: int = 0
+
+    def hidden_size(self) -> int:
+        """The hidden size of the model this builds (what `auto` precision reads), without building it."""
+        if self.path:
+            cfg = json.loads((Path(self.path) / "config.json").read_text())
+            return int(cfg.get("hidden_size") or cfg.get("n_embd") or 0)
+        return self.model.d_model if self.model is not None else 0
 
     def build(self, ds_cfg: dict | None = None) -> torch.nn.Module:
         """The model; under ZeRO-3 (`ds_cfg` of stage 3) built in partitions, never whole on a rank."""
@@ -111,12 +121,13 @@ class TrainWorker:
         tokenizer_dir: str,
     ):
         rows = np.load(rows_path, mmap_mode="r")
-        model = init.build(deepspeed_config(cfg, self.world))
+        precision = resolve(cfg.precision, training_device(), init.hidden_size())
+        model = init.build(deepspeed_config(cfg, self.world, precision))
         # Rank 0 holds the training lock: ranks of a killed run that are still finishing their
         # call keep it until they exit, and the new group's collectives wait behind rank 0.
         lock = exclusive(Path(ckpt_root).parent / ".train.lock") if self.rank == 0 else contextlib.nullcontext()
         with lock:
-            result, state = DeepSpeedEngine(cfg).fit(model, rows, seed_parts, Path(ckpt_root))
+            result, state = DeepSpeedEngine(cfg, precision).fit(model, rows, seed_parts, Path(ckpt_root))
             sha = None
             if self.rank == 0:
                 sha = save_model_dir(model_dir, model_from_state(model, state), load_tokenizer(tokenizer_dir))

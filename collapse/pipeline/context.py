@@ -75,14 +75,27 @@ class StudyContext:
         self._gen0 = None
 
     def vllm_sampler(self, model_dir: Path) -> VLLMSampler:
-        """One vLLM engine per model dir (corpus and eval samples share it); the previous
-        generation's engine is closed first to free its GPU memory."""
-        if self._vllm is None or self._vllm.model_dir != str(model_dir):
-            if self._vllm is not None:
-                self._vllm.close()
-            # Half the lineage's GPU (its share, when packed): training's weights and the evaluation share it.
-            self._vllm = VLLMSampler(model_dir, gpu_memory_utilization=0.5 * min(1.0, self.cfg.resources.gpu))
-        return self._vllm
+        """One vLLM engine per worker, started at its first generation and reused by the next ones
+        (their weights are reloaded in place: an engine's start costs more than a small model's
+        whole generation). Sized from the work: sample.batch_size rows of the longest row."""
+        if self._vllm is None:
+            sample, data, gpu = self.cfg.sample, self.cfg.data, self.cfg.resources.gpu
+            prompt = sample.prompt_tokens if sample.mode == "prompted" and not sample.keep_prompt else 1
+            self._vllm = VLLMSampler(
+                model_dir,
+                precision=sample.precision,
+                max_num_seqs=sample.batch_size,
+                max_model_len=data.seq_len + prompt,
+                # Half the lineage's GPU (its share, when packed): training's weights and the evaluation
+                # share it. On a CPU the KV cache is sized from the work instead (vllm_sampler).
+                gpu_memory_utilization=0.5 * min(1.0, gpu) if gpu > 0 else 0.5,
+            )
+        return self._vllm.use(model_dir)
+
+    def close_vllm(self) -> None:
+        if self._vllm is not None:
+            self._vllm.close()
+            self._vllm = None
 
     def workers(self, n: int, cpu: int, gpu: float = 0) -> WorkerGroup:
         """The lineage's DeepSpeed worker group, started once and reused across generations."""

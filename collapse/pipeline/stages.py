@@ -49,8 +49,10 @@ from ..engines.environment import trim_heap
 from ..engines.evaluation import evaluate_real, evaluate_samples, gen0_perplexity, token_nll
 from ..engines.mitigation import apply_filter, verified_order, watermark_for
 from ..engines.model import count_parameters, load_model
+from ..engines.precision import resolve_for
 from ..engines.samplers import build_sampler
 from ..engines.sampling import Sampler, sample_rows, save_corpus
+from ..engines.vllm_sampler import VLLMSampler
 from ..engines.watermark import Watermark
 from ..engines.workers import DistributedSampler, InitSpec
 from .commit import commit, metrics_row
@@ -146,6 +148,7 @@ def train(ctx: StudyContext, unit, out: Path, watermark: Watermark | None) -> to
         "num_params": count_parameters(trained.model),
         "trainable_params": trained.trainable_params,
         "weights_sha256": trained.weights_sha256,
+        "precision": result.precision,
         "mitigation": filter_stats,
     }
     write_json_atomic(out / TRAIN_META, meta)  # last: the train stage is done
@@ -217,6 +220,7 @@ def sample(
         "tokens": int(rows.size),
         "params": params.__dict__,
         "sampler": ran,
+        "precision": _sampling_precision(cfg, model, sampler),
         "eval_samples": int(shared),  # the corpus's first rows are the generation's evaluation samples
     }
     mark_done(out, CORPUS_DONE, meta)
@@ -251,8 +255,10 @@ def evaluate(
     per_unit: dict = {}
     timing = {} if timing is None else timing
     t = time.perf_counter()
+    precision = resolve_for(e.precision, model)
+    timing["precision"] = {"eval": precision, "sample": _sampling_precision(cfg, model, sampler)}
     real_metrics = evaluate_real(
-        model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng, per_unit
+        model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng, per_unit, precision
     )
     timing["eval_real_s"], t = time.perf_counter() - t, time.perf_counter()
     samples, source = eval_samples(ctx, unit, out, model, sampler, watermark)
@@ -275,7 +281,7 @@ def evaluate(
     note_absent(ctx.run, absent)
     timing["eval_sample_metrics_s"], t = time.perf_counter() - t, time.perf_counter()
     gen0 = model if k == 0 else ctx.gen0_model(spec)
-    div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng, per_unit))
+    div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng, per_unit, resolve_for(e.precision, gen0)))
     timing["eval_gen0_s"] = time.perf_counter() - t
     return {**real_metrics, **div}, per_unit, source
 
@@ -317,7 +323,19 @@ def choose_sampler(ctx: StudyContext, cfg: Config, out: Path) -> Sampler:
 
 def _gen0_nll(ctx: StudyContext, spec: LineageSpec):
     """Mean NLL per row under the lineage's generation-0 model (loaded on first use)."""
-    return lambda rows: token_nll(ctx.gen0_model(spec), rows, spec.config.eval.batch_size).mean(1)
+
+    def nll(rows: np.ndarray) -> np.ndarray:
+        model = ctx.gen0_model(spec)
+        return token_nll(model, rows, spec.config.eval.batch_size, resolve_for(spec.config.eval.precision, model)).mean(
+            1
+        )
+
+    return nll
+
+
+def _sampling_precision(cfg: Config, model, sampler: Sampler) -> str:
+    """What sample.precision resolved to for `model` (vLLM: the dtype its engine runs)."""
+    return sampler.precision if isinstance(sampler, VLLMSampler) else resolve_for(cfg.sample.precision, model)
 
 
 def _init_spec(ctx: StudyContext, unit) -> tuple[InitSpec, str]:
