@@ -21,6 +21,7 @@ cannot run says why under "absent" rather than failing the check.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -43,7 +44,8 @@ H100_BF16_TFLOPS = 989.0  # dense; H200 has the same compute (more memory)
 
 def sizes(cpu: bool) -> dict:
     if cpu:  # seconds, not minutes: CI runs this
-        return dict(d_model=64, n_layers=2, n_heads=4, d_ff=192, vocab=512, seq=64, batch=8, micro=4, steps=6)
+        # head dim 32: vLLM's CPU attention has no kernel for 16
+        return dict(d_model=64, n_layers=2, n_heads=2, d_ff=192, vocab=512, seq=64, batch=8, micro=4, steps=6)
     # 12 x (4 x 768^2 + 3 x 768 x 3072) + 8192 x 768 = 120M parameters (tied embeddings)
     return dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072, vocab=8192, seq=1024, batch=32, micro=8, steps=30)
 
@@ -152,14 +154,17 @@ def sampling_part(s: dict, model_dir: Path, cpu: bool) -> tuple[dict, dict]:
     batch, new = (8, 32) if cpu else (64, 256)
     prompts = np.zeros((batch, 1), np.int32)
     params = SampleParams(temperature=1.0, max_new_tokens=new)
-    paths = {"hf_generate": HFSampler(batch), "fast": FastSampler(batch)}
+    paths = {"hf_generate": HFSampler(batch, "fp32"), "fast": FastSampler(batch, precision="fp32")}
+    if not cpu:
+        paths["hf_generate_bf16"] = HFSampler(batch, "bf16")
+        paths["fast_bf16"] = FastSampler(batch, precision="bf16")
     absent = {}
-    try:
-        import vllm  # noqa: F401
-
-        paths["vllm"] = VLLMSampler(model_dir)
-    except ImportError:
-        absent["vllm"] = "vllm is not installed (pip install -e '.[vllm]' on a GPU machine)"
+    if importlib.util.find_spec("vllm") is not None:
+        # fp32 is vLLM's reproducible mode (sample.precision: auto); bf16 its fast one. One engine at a time.
+        for name, precision in [("vllm", "fp32")] + ([] if cpu else [("vllm_bf16", "bf16")]):
+            paths[name] = VLLMSampler(model_dir, precision=precision, max_num_seqs=batch, max_model_len=new + 1)
+    else:
+        absent["vllm"] = "vllm is not installed (bash launch/install.sh --vllm)"
     results = {}
     for name, sampler in paths.items():
         sampler.generate(model, prompts, params, ("warm",), 0)  # warm-up: allocation, kernels, vLLM graphs
@@ -171,6 +176,9 @@ def sampling_part(s: dict, model_dir: Path, cpu: bool) -> tuple[dict, dict]:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         results[name] = {"seconds": round(seconds, 3), "tokens_per_s": round(batch * new / seconds, 1)}
+        if isinstance(sampler, VLLMSampler):
+            results[name]["engine_start_s"] = round(sampler.start_s, 1)
+            sampler.close()
     for entry in results.values():
         entry["x_generate"] = round(entry["tokens_per_s"] / results["hf_generate"]["tokens_per_s"], 3)
     results["batch"], results["new_tokens"] = batch, new

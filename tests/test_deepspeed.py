@@ -222,3 +222,25 @@ def test_rank0_listens_on_the_node_ip_ray_knows_not_a_loopback_name(ray_session,
     monkeypatch.setattr(socket, "gethostbyname", lambda name: "127.0.1.1")
     addr, port = TrainWorker(0, 1, 1).address()
     assert addr == ray.util.get_node_ip_address() and port > 0
+
+
+def test_deepspeed_bf16_on_cpu_keeps_fp32_masters_and_matches_the_torch_engine_in_bf16(ray_session, setup):
+    """`train.precision: bf16` turns on DeepSpeed's bf16 section (bf16 weights and activations, fp32
+    master weights in the optimizer); the torch engine runs bf16 autocast over fp32 weights. Both are
+    bf16 runs of one algorithm: equal to bf16 noise, and each deterministic."""
+    root, tok, rows, init, _ = setup
+    cfg = TrainConfig(**{**TRAIN.__dict__, "workers": 1, "deepspeed": "zero2", "precision": "bf16"})
+    group = WorkerGroup(1, 1)
+    try:
+        result, _ = group.fit(
+            init, root / "rows.npy", cfg, (0, "eq"), root / "bf16_ckpt", root / "bf16_model", root / "tok"
+        )
+    finally:
+        group.shutdown()
+    assert result.precision == "bf16"
+    saved = load_model(root / "bf16_model")
+    assert all(p.dtype == torch.float32 for p in saved.parameters())  # the consolidated fp32 master copy
+    torch_cfg = TrainConfig(**{**TRAIN.__dict__, "engine": "torch", "workers": 1, "precision": "bf16"})
+    reference = TorchEngine(torch_cfg).fit(init.build(), rows, (0, "eq"), root / "bf16_torch_ckpt")
+    assert reference.precision == "bf16"
+    np.testing.assert_allclose(result.losses, reference.losses, rtol=2e-3)

@@ -44,6 +44,10 @@ SELF_BLEU = "self_bleu"
 SELF_BLEU_WORDS = "self_bleu_words"
 DISTINCT_1_WORDS = "distinct_1_words"
 DISTINCT_2_WORDS = "distinct_2_words"
+# Decoding sanity (a decoding bug must not be counted as collapse, e.g. vLLM issue #28414's runs of
+# whitespace): samples caught in a short loop, and repeated 4-grams within a sample.
+DEGENERATE_RATE = "degenerate_rate"  # share of samples with a loop (DEGENERATE_SPAN tokens) or a whitespace run
+REPETITION_RATE = "repetition_rate"  # share of a sample's 4-grams that already occurred earlier in it
 UNIGRAM_KL = "unigram_kl"  # KL(real || samples) of unigram distributions (bits)
 UNIGRAM_JS = "unigram_js"  # Jensen-Shannon divergence, bits in [0, 1]
 DOC_LEN_MEAN = "doc_len_mean"  # tokens per document (EOS-delimited) in the samples
@@ -131,6 +135,8 @@ HIGHER_IS_COLLAPSE = {
     BIGRAM_ENTROPY: False,
     VOCAB_COVERAGE: False,
     SELF_BLEU: True,
+    DEGENERATE_RATE: True,
+    REPETITION_RATE: True,
     UNIGRAM_KL: True,
     UNIGRAM_JS: True,
     EMBED_DIVERSITY: False,
@@ -352,9 +358,56 @@ def length_stats(rows, eos_id: int | None) -> dict[str, float]:
     return {DOC_LEN_MEAN: float(lengths.mean()), DOC_LEN_P90: float(np.quantile(lengths, 0.9))}
 
 
+DEGENERATE_SPAN = 16  # tokens a loop of period <= DEGENERATE_PERIOD must cover to make a sample degenerate
+DEGENERATE_PERIOD = 4
+WHITESPACE_RUN = 32  # characters of unbroken whitespace in a decoded sample
+REPETITION_N = 4
+DEGENERATE_JUMP = 0.2  # the report flags a lineage whose degenerate rate rises by this much in one generation
+
+
+def longest_loop(row) -> int:
+    """Tokens covered by the longest stretch in which token t equals token t - p, for some period
+    p <= DEGENERATE_PERIOD (a run of one token is a loop of period 1), plus the first period."""
+    row = np.asarray(row)
+    best = 0
+    for p in range(1, DEGENERATE_PERIOD + 1):
+        if len(row) <= p:
+            break
+        same = np.concatenate([[False], row[p:] == row[:-p], [False]])
+        edges = np.flatnonzero(np.diff(same.astype(np.int8)))
+        if len(edges):
+            best = max(best, int((edges[1::2] - edges[::2]).max()) + p)
+    return best
+
+
+def degenerate_rows(rows, texts: list[str] | None = None) -> np.ndarray:
+    """Per sample: caught in a loop over at least DEGENERATE_SPAN tokens, or (with the decoded
+    `texts`) holding WHITESPACE_RUN characters of unbroken whitespace."""
+    rows = np.asarray(rows)
+    span = min(DEGENERATE_SPAN, max(2, rows.shape[1] // 2)) if rows.ndim == 2 and rows.size else DEGENERATE_SPAN
+    out = np.array([longest_loop(r) >= span for r in rows], dtype=bool)
+    if texts is not None:
+        import re
+
+        run = re.compile(rf"\s{{{WHITESPACE_RUN},}}")
+        out |= np.array([bool(run.search(t)) for t in texts], dtype=bool)
+    return out
+
+
+def repetition_per_row(rows, n: int = REPETITION_N) -> np.ndarray:
+    """Per sample: the share of its n-grams that already occurred earlier in the same sample."""
+    out = []
+    for r in np.asarray(rows).tolist():
+        grams = [tuple(r[i : i + n]) for i in range(len(r) - n + 1)]
+        out.append(1 - len(set(grams)) / len(grams) if grams else 0.0)
+    return np.asarray(out, dtype=float)
+
+
 def sample_metrics(rows, reference_rows, eos_id: int | None = None) -> dict[str, float]:
     """Every token-level metric of a sample set, against an equal-size real reference."""
     return {
+        DEGENERATE_RATE: float(degenerate_rows(rows).mean()) if len(rows) else float("nan"),
+        REPETITION_RATE: float(repetition_per_row(rows).mean()) if len(rows) else float("nan"),
         DISTINCT_1: distinct_n(rows, 1),
         DISTINCT_2: distinct_n(rows, 2),
         DISTINCT_3: distinct_n(rows, 3),

@@ -225,6 +225,7 @@ def evaluate_samples(
     if per_sample is not None:
         per_sample[M.PER_SAMPLE_SELF_BLEU] = per_row
     if texts is not None:
+        row[M.DEGENERATE_RATE] = float(M.degenerate_rows(samples, texts).mean()) if len(samples) else float("nan")
         words = word_ids(texts)
         row[M.DISTINCT_1_WORDS], row[M.DISTINCT_2_WORDS] = M.distinct_n(words, 1), M.distinct_n(words, 2)
         per_text = M.self_bleu_per_row(words)

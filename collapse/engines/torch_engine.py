@@ -158,8 +158,15 @@ def make_accelerator(precision: str):
     master weights, gradients and AdamW state (accelerate's "bf16" mode), else plain fp32."""
     tell_deepspeed_the_accelerator()
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    return Accelerator(cpu=training_device() == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
+    mixed = "bf16" if precision == "bf16" else "no"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed:
+        # accelerate keeps one precision per process and refuses another; a worker trains a bf16
+        # lineage after an fp32 one (auto resolves per model size), so the process-wide state goes.
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=training_device() == "cpu", mixed_precision=mixed)
 
 
 class TorchEngine:

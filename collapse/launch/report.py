@@ -500,6 +500,7 @@ def markdown(
         lines += ["| metric | " + " | ".join(f"{r} c={c:g}" for r, c in cells) + " |", "|" + "---|" * (1 + len(cells))]
         for key, by_cell in warn.items():
             lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in cells) + " |")
+    lines += degenerate_section(rows)
     lines += extra_sections or []
     for axis, table in axis_rankings(rows).items():
         lines += [
@@ -533,6 +534,42 @@ def markdown(
             f"- `{k}`: {v.splitlines()[-1] if v else ''}" for k, v in failed.items()
         ]
     return "\n".join(lines) + "\n"
+
+
+def degenerate_jumps(rows: list[dict]) -> list[tuple[str, int, float, float]]:
+    """(lineage, generation, rate before, rate) where a lineage's degenerate-sample rate rose by at
+    least M.DEGENERATE_JUMP in one generation: a decoding bug or a real loop, to look at before
+    reading that lineage's curves as collapse."""
+    by_lineage: dict[str, dict[int, float]] = {}
+    for r in rows:
+        value = r.get(M.DEGENERATE_RATE)
+        if value is not None and math.isfinite(value):
+            by_lineage.setdefault(r[M.LINEAGE], {})[r[M.GENERATION]] = value
+    out = []
+    for lineage, rates in sorted(by_lineage.items()):
+        gens = sorted(rates)
+        for before, k in zip(gens, gens[1:]):
+            if rates[k] - rates[before] >= M.DEGENERATE_JUMP:
+                out.append((lineage, k, rates[before], rates[k]))
+    return out
+
+
+def degenerate_section(rows: list[dict]) -> list[str]:
+    jumps = degenerate_jumps(rows)
+    if not jumps:
+        return []
+    lines = [
+        "",
+        "## Degenerate samples: check decoding before reading these lineages as collapse",
+        "",
+        f"`{M.DEGENERATE_RATE}` (samples in a loop of period <= {M.DEGENERATE_PERIOD} over {M.DEGENERATE_SPAN} "
+        f"tokens, or with {M.WHITESPACE_RUN} characters of whitespace) rose by >= {M.DEGENERATE_JUMP:g} in one "
+        "generation:",
+        "",
+        "| lineage | generation | before | rate |",
+        "|---|---|---|---|",
+    ]
+    return lines + [f"| {name} | {k} | {a:.2f} | {b:.2f} |" for name, k, a, b in jumps]
 
 
 def write_report(root: str | Path, failed: dict[str, str] | None = None, rows: list[dict] | None = None) -> list[dict]:

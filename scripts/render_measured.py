@@ -1,0 +1,116 @@
+"""Render the README's measured tables from benchmarks/results/*.json, so no measured number is typed.
+
+    python scripts/render_measured.py          # rewrite every block in README.md
+    python scripts/render_measured.py --check  # exit 1 if a block differs from what the files give
+
+A block is the text between `<!-- measured:NAME -->` and `<!-- /measured:NAME -->`; RENDERERS says
+what fills each. tests/test_measured_docs.py runs --check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+
+def _results(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())["results"]
+
+
+def precision_table() -> str:
+    r = _results("precision_smollm2-135m")
+    s, sc = r["sampling"], r["scoring"]
+    names = {
+        "hf_generate": "HF `generate`, fp32 (`hf`)",
+        "fast_fp32": "fast sampler, fp32 (`fast`)",
+        "fast_bf16": "fast sampler, bf16 weights (`fast`, default on this CPU)",
+        "vllm_fp32": "vLLM, fp32 (`vllm`, default)",
+        "vllm_bf16": "vLLM, bf16 (`vllm`, `sample.precision: bf16`)",
+    }
+    lines = [
+        "| sampling, 32 rows x 128 new tokens | tokens/s | x `generate` | rerun rows equal | engine start |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in names.items():
+        if key not in s:
+            continue
+        row = s[key]
+        start = f"{row['start_s']:.1f} s" if "start_s" in row else "—"
+        lines.append(
+            f"| {label} | {row['tokens_per_s']:.0f} | {row['x_generate']:.2f}x | "
+            f"{row['rerun_rows_equal']}/{row['rows']} | {start} |"
+        )
+    t8, t2 = r["training_micro8"], r["training_micro2"]
+    lines += [
+        "",
+        "| scoring and training | fp32 | bf16 | bf16 / fp32 |",
+        "|---|---|---|---|",
+        f"| held-out scoring (`score_tokens`, 48 x 128 Austen tokens), tokens/s | {sc['fp32']['tokens_per_s']:.0f} | "
+        f"{sc['bf16']['tokens_per_s']:.0f} | {sc['x_fp32']:.2f}x |",
+        f"| training step (8 x 128, micro-batch 8, AdamW), tokens/s | {t8['fp32']['tokens_per_s']:.0f} | "
+        f"{t8['bf16']['tokens_per_s']:.0f} | {t8['x_fp32']:.2f}x |",
+        f"| training step (8 x 128, micro-batch 2, AdamW), tokens/s | {t2['fp32']['tokens_per_s']:.0f} | "
+        f"{t2['bf16']['tokens_per_s']:.0f} | {t2['x_fp32']:.2f}x |",
+        "",
+        f"bf16 scoring against fp32 on the same model and text: perplexity {sc['fp32']['ppl']:.3f} vs "
+        f"{sc['bf16']['ppl']:.3f} (relative change {sc['relative_ppl_change']:.1e}), mean |Δ NLL| per token "
+        f"{sc['mean_abs_token_nll_change']:.3f} nats, top-10 membership agreeing on "
+        f"{sc['top_k_agreement']:.1%} of tokens.",
+    ]
+    return "\n".join(lines)
+
+
+def eval_share_table() -> str:
+    auto, fp32 = _results("study_smollm2_small"), _results("study_smollm2_small_fp32")
+    lines = [
+        "| precision | study wall s | train s | sample s | eval s | eval share of stage time | last generation's "
+        "eval share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, r in (("all fp32", fp32), ("`auto` (bf16 on this CPU)", auto)):
+        split = r["split"]
+        last = next(v for k, v in r["per_unit"].items() if k.endswith("gen_001"))
+        lines.append(
+            f"| {label} | {r['wall_s']:.0f} | {split['train']['seconds']:.1f} | {split['sample']['seconds']:.1f} | "
+            f"{split['eval']['seconds']:.1f} | {r['eval_share_of_compute']:.1%} | {last['eval_share']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+RENDERERS = {"precision": precision_table, "eval-share": eval_share_table}
+
+
+def render(text: str) -> str:
+    for name, fn in RENDERERS.items():
+        pattern = re.compile(rf"(<!-- measured:{name} -->\n).*?(\n<!-- /measured:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no block <!-- measured:{name} --> ... <!-- /measured:{name} -->")
+        text = pattern.sub(lambda m, fn=fn: m.group(1) + fn() + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    text = README.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print("README.md's measured blocks differ from benchmarks/results: run python scripts/render_measured.py")
+            return 1
+        return 0
+    README.write_text(new)
+    print(f"rendered {len(RENDERERS)} measured blocks in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
