@@ -3,6 +3,8 @@ state, exact resume, seeded and prefix-stable sampling, scoring within bf16 nois
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -46,8 +48,10 @@ def test_auto_resolves_by_hardware_and_size(monkeypatch, setting, device, units,
 
 
 def test_this_cpu_reports_its_bf16_units_as_its_flags_say():
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
-    said = any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    said = any(f in cpuinfo.read_text().split() for f in ("amx_bf16", "avx512_bf16"))
     assert P.has_bf16_units("cpu") == said
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 Regime = Literal["replace", "accumulate", "accumulate-subsample"]
-Family = Literal["lm", "gaussian", "gmm", "linear_regression"]
+Family = Literal["lm", "gaussian", "gmm", "linear_regression", "categorical", "poisson"]
 Init = Literal["scratch", "previous", "base", "gen0"]
 Arch = Literal["llama", "gpt2"]
 EngineName = Literal["torch", "deepspeed"]
@@ -464,6 +464,18 @@ class TheoryConfig:
     )
     gmm_means: list[float] = doc("gmm: true component means.", default_factory=lambda: [-2.0, 1.5, 6.0])
     gmm_stds: list[float] = doc("gmm: true component standard deviations.", default_factory=lambda: [1.0, 0.8, 0.5])
+    categories: int = doc("categorical: number of categories K.", default=20)
+    category_probs: Literal["zipf", "uniform"] = doc(
+        "categorical: true probabilities, `zipf` (p_i ~ 1 / i^s, s = theory.zipf_exponent) or `uniform` "
+        "(theory.probs overrides both).",
+        default="zipf",
+    )
+    zipf_exponent: float = doc("categorical: Zipf exponent s.", default=1.1)
+    probs: list[float] = doc(
+        "categorical: explicit true probabilities (K of them; empty = category_probs).", default_factory=list
+    )
+    smoothing: float = doc("categorical: add-alpha smoothing of each refit (0 = maximum likelihood).", default=0.0)
+    poisson_rate: float = doc("poisson: true rate lambda_0.", default=4.0)
 
     def validate(self) -> None:
         _check(
@@ -471,6 +483,15 @@ class TheoryConfig:
             "theory.samples",
             "must be >= 2, with theory.eval_samples >= 10 and theory.real_pool >= theory.samples",
         )
+        _check(self.categories >= 2, "theory.categories", "must be >= 2")
+        _check(
+            not self.probs or (all(p >= 0 for p in self.probs) and abs(sum(self.probs) - 1) < 1e-6),
+            "theory.probs",
+            f"must be non-negative and sum to 1 (got sum {sum(self.probs):g})",
+        )
+        _check(self.smoothing >= 0, "theory.smoothing", "must be >= 0 (0 = maximum likelihood)")
+        _check(self.poisson_rate > 0, "theory.poisson_rate", "must be > 0")
+        _check(self.zipf_exponent >= 0, "theory.zipf_exponent", "must be >= 0")
 
 
 @dataclass

@@ -66,6 +66,13 @@ TAIL_MASS_RATIO = "tail_mass_ratio"  # model mass in the true distribution's 1% 
 NLL_TRUE = "nll_true"  # mean NLL of held-out samples of the true distribution
 RARE_MODE_MASS_RATIO = "rare_mode_mass_ratio"  # GMM: mass kept around the smallest true component
 MIN_COMPONENT_WEIGHT = "min_component_weight"
+SURVIVING_CATEGORIES = "surviving_categories"  # categorical: categories with a non-zero fitted probability
+LOST_TAIL_MASS = "lost_tail_mass"  # categorical: true probability mass of the extinct categories
+HETEROZYGOSITY = "heterozygosity"  # categorical: sum_i theta_i (1 - theta_i); decays by (1 - 1/n) per refit
+RARE_CATEGORY_PROB = "rare_category_prob"  # categorical: fitted probability of the rarest true category
+TV_TRUE_FIT = "tv_true_fit"  # categorical: total variation distance between true and fitted probabilities
+FIT_RATE = "fit_rate"  # poisson: the fitted rate (a martingale under replace at c = 1)
+FIT_RATE_RATIO = "fit_rate_ratio"  # poisson: fitted / true rate
 TEST_ERROR = "test_error"  # linear regression: ||w - w*||^2
 TEST_MSE = "test_mse"
 # --- mitigations (mitigation.py) ----------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from ..core import metrics as M
 from ..core.stats import bootstrap_ci, half_sample_ci, with_ci
 from .embeddings import embedding_metrics
-from .precision import autocast
+from .precision import weights_for
 
 
 @dataclass
@@ -56,31 +56,31 @@ def score_tokens(
 ) -> TokenScores:
     """Per target token: NLL, top-k membership, top-1 probability and entropy (`nll_only`: NLL
     alone). Streamed: each micro-batch's hidden states go through the output layer a slice of
-    positions at a time, and each slice's statistics are reduced before the next. Inference mode,
-    at a batch of at least `scoring_batch` rows. `precision` (resolved, `eval.precision`): bf16 runs
-    the body and the output layer under bf16 autocast and reduces the logits in fp32 (SmolLM2-135M
-    on held-out Austen: relative change of perplexity 1e-4, 2x the tokens/s; README "Precision")."""
-    model.eval()
+    positions at a time, into reused buffers, and each slice's statistics are reduced before the
+    next. Inference mode, at a batch of at least `scoring_batch` rows. `precision` (resolved,
+    `eval.precision`): bf16 runs a bf16 copy of the weights (body and output layer), and reduces
+    the logits in fp32 (README "Precision and sampling backends" has its accuracy)."""
+    # bf16: a cached bf16 copy of the weights (autocast, which re-casts per op, measured 1.3x slower)
+    model = weights_for(model, precision).eval()
     batch_size = scoring_batch(batch_size, rows.shape[1] if rows.ndim == 2 else 1)
     device = next(model.parameters()).device
     split = _body_and_head(model)
+    scratch = Scratch()
+    head = _Head(split[1]) if split is not None else None
     nll_out, top_out, max_out, ent_out = [], [], [], []
     for start in range(0, len(rows), batch_size):
         ids = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size], dtype=np.int64)).to(device)
         target = ids[:, 1:]
         if split is None:
-            with autocast(precision, device.type):
-                slices = [(model(input_ids=ids).logits[:, :-1], target)]
+            slices = [(model(input_ids=ids).logits[:, :-1], target)]
         else:
-            body, head = split
-            with autocast(precision, device.type):
-                hidden = body(input_ids=ids).last_hidden_state[:, :-1]
-            step = max(1, CHUNK_FLOATS // (len(ids) * head.out_features))
+            hidden = split[0](input_ids=ids).last_hidden_state[:, :-1]
+            step = max(1, CHUNK_FLOATS // (len(ids) * head.vocab))
             slices = (
-                (_head(head, hidden[:, s : s + step], precision), target[:, s : s + step])
+                (head(hidden[:, s : s + step], scratch), target[:, s : s + step])
                 for s in range(0, hidden.shape[1], step)
             )
-        parts = [_reduce(logits.float(), t, top_k, nll_only) for logits, t in slices]
+        parts = [_reduce(logits, t, top_k, nll_only, scratch) for logits, t in slices]
         nll_out.append(torch.cat([p[0] for p in parts], 1).cpu().numpy())
         if not nll_only:
             top_out.append(torch.cat([p[1] for p in parts], 1).cpu().numpy())
@@ -95,32 +95,66 @@ def score_tokens(
     return TokenScores(*(np.concatenate(x) for x in (nll_out, top_out, max_out, ent_out)))
 
 
-def _head(head, hidden: torch.Tensor, precision: str) -> torch.Tensor:
-    """One slice of positions through the output layer (slices are made lazily: one at a time)."""
-    with autocast(precision, hidden.device.type):
-        return head(hidden)
+class Scratch:
+    """V-wide buffers reused across the slices of one scoring call. A fresh 128 MB tensor per slice
+    is mapped and page-faulted anew each time (it lies above glibc's mmap threshold, so freeing it
+    returns it to the system): exp into a reused buffer measured 3.5x faster than a new one."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        count = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < count or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.empty(count, dtype=dtype, device=device)
+        return buf[:count].view(shape)
 
 
-def _reduce(logits: torch.Tensor, target: torch.Tensor, top_k: int, nll_only: bool) -> tuple:
+class _Head:
+    """The output layer, written into a reused buffer (in its weights' dtype)."""
+
+    def __init__(self, head):
+        self.module = head
+        linear = isinstance(head, torch.nn.Linear)
+        self.weight = head.weight.t() if linear else None
+        self.bias = head.bias if linear else None
+        self.vocab = head.weight.shape[0]
+
+    def __call__(self, hidden: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+        if self.weight is None:  # not a plain linear layer: its own forward
+            return self.module(hidden)
+        out = scratch.get("head", (*hidden.shape[:-1], self.vocab), self.weight.dtype, hidden.device)
+        flat = hidden.to(self.weight.dtype).contiguous().view(-1, hidden.shape[-1])  # a slice of positions
+        torch.mm(flat, self.weight, out=out.view(-1, self.vocab))
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+
+def _reduce(logits: torch.Tensor, target: torch.Tensor, top_k: int, nll_only: bool, scratch: Scratch | None = None):
     """One slice's [b, l, V] logits to [b, l] statistics, in as few passes over V as it takes: the
-    slice is shifted in place by its row max, exponentiated once, the entropy's sum of p * logit is
-    a batched dot product (no V-wide temporary), and top-k membership a partial selection. Scoring
-    runs at 0.935x the tokens/s of a bare forward (`benchmarks.scoring`, SmolLM2-135M, 2 cores),
-    where log_softmax and a V-wide rank count ran at 0.84x."""
-    logits = logits.float()
+    slice is shifted in place by its row max (in fp32: a bf16 or strided slice is copied into an
+    fp32 buffer first), exponentiated once into a reused buffer, the entropy's sum of p * logit is one batched
+    dot product (einsum over one batch of rows), and top-k membership a partial
+    selection (`benchmarks.scoring` measures the whole against a bare forward)."""
+    scratch = scratch or Scratch()
+    shape, device = logits.shape, logits.device
+    if logits.dtype != torch.float32 or not logits.is_contiguous():  # a bf16 slice, or a view of a forward's
+        logits = scratch.get("logits", shape, torch.float32, device).copy_(logits)
     top = logits.amax(-1, keepdim=True)
     logits.sub_(top)  # shifted: the max logit is 0
     target_logit = logits.gather(-1, target[..., None])
+    p = torch.exp(logits, out=scratch.get("p", shape, torch.float32, device))
     if nll_only:
-        return (logits.exp().sum(-1).log() - target_logit.squeeze(-1),)
+        return (p.sum(-1).log() - target_logit.squeeze(-1),)
     # In the top k iff at most k - 1 tokens score strictly higher: the target reaches the k-th largest
     # logit (a partial selection: 40% faster than counting the higher ones with a V-wide compare)
-    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    p = logits.exp()
+    kth = logits.topk(min(top_k, shape[-1]), dim=-1, sorted=False).values.amin(-1, keepdim=True)
     total = p.sum(-1)
     lse = total.log()
-    flat = p.view(-1, 1, p.shape[-1])
-    p_dot_logit = torch.bmm(flat, logits.reshape(-1, p.shape[-1], 1)).view(total.shape) / total
+    rows = (1, -1, shape[-1])  # one batch of all rows: einsum then runs 5x faster than per-row bmm (measured)
+    p_dot_logit = torch.einsum("bpv,bpv->bp", p.view(rows), logits.view(rows)).view(total.shape) / total
     nll = lse - target_logit.squeeze(-1)
     entropy = (lse - p_dot_logit) / np.log(2)
     return nll, (target_logit >= kth).squeeze(-1), 1.0 / total, entropy

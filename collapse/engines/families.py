@@ -7,6 +7,12 @@ They validate the framework in seconds against known results:
                      -> 0 almost surely; accumulating keeps it bounded away from 0.
   gmm                a 1-D Gaussian mixture fitted by EM: the small, far component (the tail) loses
                      mass first (Shumailov et al. 2023, Fig. 2).
+  categorical        a unigram model: K category probabilities refit by maximum likelihood (optionally
+                     add-alpha smoothed) to M samples. Under `replace` at c = 1, neutral Wright-Fisher
+                     resampling: each probability is a martingale, extinction is absorbing and the
+                     rare categories go first; exact laws for every regime and c in laws.py.
+  poisson            a Poisson rate refit as the sample mean: a martingale whose variance grows by
+                     lambda_0 / M per generation under `replace` at c = 1.
   linear_regression  OLS on T samples of y = x.w* + noise with fresh Gaussian features each generation
                      and labels from the previous model (Gerstgrasser et al. 2024, after Dohmatob et
                      al.). Excess risk E||w_k - w*||^2 = (k+1) sigma^2 d / (T-d-1) under `replace`;
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..core import metrics as M
+from .laws import zipf_probs
 
 Params = dict[str, Any]
 
@@ -183,6 +190,64 @@ def _lr_eval(p: Params, truth: Params, eval_rows: np.ndarray) -> dict[str, float
     }
 
 
+# --- categorical ------------------------------------------------------------------------------
+
+
+def _cat_truth(cfg, rng) -> Params:
+    if cfg.probs:
+        probs = np.asarray(cfg.probs, float)
+    elif cfg.category_probs == "uniform":
+        probs = np.full(cfg.categories, 1.0 / cfg.categories)
+    else:
+        probs = zipf_probs(cfg.categories, cfg.zipf_exponent)
+    return {"probs": [float(p) for p in probs / probs.sum()], "alpha": float(cfg.smoothing)}
+
+
+def _cat_sample(p: Params, n: int, rng) -> np.ndarray:
+    probs = np.asarray(p["probs"], float)
+    return rng.choice(len(probs), n, p=probs / probs.sum()).astype(float)[:, None]
+
+
+def _cat_fit(rows: np.ndarray, truth: Params, rng) -> Params:
+    K, alpha = len(truth["probs"]), truth.get("alpha", 0.0)
+    counts = np.bincount(rows[:, 0].astype(np.int64), minlength=K)
+    probs = (counts + alpha) / (len(rows) + K * alpha)  # MLE at alpha = 0: a category not drawn is gone
+    return {"probs": [float(p) for p in probs], "alpha": alpha}
+
+
+def _cat_eval(p: Params, truth: Params, eval_rows: np.ndarray) -> dict[str, float]:
+    theta, true = np.asarray(p["probs"]), np.asarray(truth["probs"])
+    extinct = theta == 0
+    return {
+        M.SURVIVING_CATEGORIES: float((~extinct).sum()),
+        M.LOST_TAIL_MASS: float(true[extinct].sum()),
+        M.HETEROZYGOSITY: float((theta * (1 - theta)).sum()),
+        M.RARE_CATEGORY_PROB: float(theta[int(np.argmin(true))]),
+        M.TV_TRUE_FIT: float(0.5 * np.abs(theta - true).sum()),
+    }
+
+
+# --- poisson ----------------------------------------------------------------------------------
+
+
+def _poisson_truth(cfg, rng) -> Params:
+    return {"rate": float(cfg.poisson_rate)}
+
+
+def _poisson_sample(p: Params, n: int, rng) -> np.ndarray:
+    return rng.poisson(p["rate"], n).astype(float)[:, None]
+
+
+def _poisson_fit(rows: np.ndarray, truth: Params, rng) -> Params:
+    return {"rate": float(rows[:, 0].mean())}  # MLE; a rate of 0 is absorbing
+
+
+def _poisson_eval(p: Params, truth: Params, eval_rows: np.ndarray) -> dict[str, float]:
+    rate, true = p["rate"], truth["rate"]
+    kl = true * math.log(true / rate) - true + rate if rate > 0 else float("inf")
+    return {M.FIT_RATE: rate, M.FIT_RATE_RATIO: rate / true, M.KL_TRUE_FIT: kl}
+
+
 def one_generation_error(noise: float, features: int, samples: int) -> float:
     """E||w_0 - w*||^2 of OLS on T Gaussian samples: sigma^2 d / (T - d - 1)."""
     return noise**2 * features / (samples - features - 1)
@@ -224,6 +289,30 @@ FAMILIES: dict[str, ModelFamily] = {
         (
             (M.TEST_ERROR, "excess risk ||w - w*||^2", True),
             (M.TEST_MSE, "test MSE on held-out true samples", True),
+        ),
+    ),
+    "categorical": ModelFamily(
+        "categorical",
+        _cat_truth,
+        _cat_sample,
+        _cat_fit,
+        _cat_eval,
+        (
+            (M.SURVIVING_CATEGORIES, "surviving categories", False),
+            (M.LOST_TAIL_MASS, "true mass of the extinct categories", True),
+            (M.HETEROZYGOSITY, "heterozygosity sum theta (1 - theta)", False),
+            (M.TV_TRUE_FIT, "TV(true, fitted)", True),
+        ),
+    ),
+    "poisson": ModelFamily(
+        "poisson",
+        _poisson_truth,
+        _poisson_sample,
+        _poisson_fit,
+        _poisson_eval,
+        (
+            (M.FIT_RATE_RATIO, "fitted rate / true rate", False),
+            (M.KL_TRUE_FIT, "KL(true || fitted)", True),
         ),
     ),
 }

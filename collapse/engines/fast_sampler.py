@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..core.seeding import derive_seed
 from .hf_sampler import HFSampler
-from .precision import DecodingWeights, resolve_for
+from .precision import resolve_for, weights_for
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,6 @@ class FastSampler:
     ):
         self.batch_size, self.greedy, self.stop_at_eos, self.compile = batch_size, greedy, stop_at_eos, compile
         self.precision = precision  # sample.precision: `auto` resolves per model (engines/precision.py)
-        self._weights = DecodingWeights()
         self._compiled = None
         self._decoders: dict[int, LlamaDecoder] = {}
         self._fallback = None
@@ -240,7 +239,7 @@ class FastSampler:
             self.ran = f"fast backend fell back to transformers generate ({why}; {self._fallback.ran})"
             return out
         precision = resolve_for(self.precision, model)
-        model = self._weights(model, precision)
+        model = weights_for(model, precision)
         compiled_step = self.compile and not self.stop_at_eos
         self.ran = f"fast (KV-cache decoder{', compiled step' if compiled_step else ''}, {precision})"
         bs = self.batch_size

@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from ..core.seeding import derive_seed
-from .precision import DecodingWeights, resolve_for
+from .precision import resolve_for, weights_for
 from .sampling import SampleParams
 from .watermark import WatermarkLogitsProcessor
 
@@ -17,7 +17,6 @@ class HFSampler:
 
     def __init__(self, batch_size: int, precision: str = "fp32"):
         self.batch_size, self.precision = batch_size, precision  # precision: sample.precision (auto resolves per model)
-        self._weights = DecodingWeights()
         self.ran = ""
 
     @staticmethod
@@ -43,7 +42,7 @@ class HFSampler:
         """Batch b of the stream: rows [b*bs, (b+1)*bs) of `prompts`, seeded by (seed_parts, b)."""
         precision = resolve_for(self.precision, model)
         self.ran = f"hf (transformers generate, {precision})"
-        model = self._weights(model, precision).eval()
+        model = weights_for(model, precision).eval()
         bs, n = self.batch_size, len(prompts)
         chunk = prompts[b * bs : (b + 1) * bs]
         if len(chunk) < bs:  # pad to full batch so the random stream doesn't depend on n
