@@ -31,7 +31,7 @@ prompts = np.random.default_rng(0).integers(100, 20000, (rows, 8)).astype(np.int
 sp = SampleParams(max_new_tokens=new)
 a = s.generate(None, prompts, sp, ("r",), 0)
 again = s.generate(None, prompts, sp, ("r",), 0)
-rev = s.generate(None, prompts[::-1].copy(), sp, ("r",), 0)[::-1]
+rev = s.generate(None, prompts[::-1].copy(), sp, ("r",), 0, rows=np.arange(rows)[::-1])[::-1]  # same rows, reversed
 half = s.generate(None, prompts[: rows // 2], sp, ("r",), 0)
 np.savez(out, a=a, again=again, rev=rev, half=half, start_s=s.start_s)
 s.close()

@@ -84,7 +84,54 @@ def eval_share_table() -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"precision": precision_table, "eval-share": eval_share_table}
+def vllm_repro_table() -> str:
+    r = _results("vllm_repro_smollm2-135m")
+    lines = [
+        "| vLLM mode | rerun in one process | reversed batch order | first half alone | another process |",
+        "|---|---|---|---|---|",
+    ]
+    labels = {"fp32": "fp32 (`auto`)", "bf16": "bf16", "bf16_batch_invariant": "bf16, `VLLM_BATCH_INVARIANT=1`"}
+    for key, label in labels.items():
+        row = r.get(key)
+        if row is None:
+            continue
+        if "error" in row:
+            lines.append(f"| {label} | did not run: {row['error']} | | | |")
+            continue
+        n, half = row["rows"], row["prefix_rows"]
+        lines.append(
+            f"| {label} | {row['rerun_rows_equal']}/{n} | {row['reversed_order_rows_equal']}/{n} | "
+            f"{row['prefix_rows_equal']}/{half} | {row['another_process_rows_equal']}/{n} |"
+        )
+    return "\n".join(lines)
+
+
+def crossover_line() -> str:
+    r = _results("precision_crossover")
+    sizes = ", ".join(f"{d} {v['bf16_x_fp32']:.2f}x" for d, v in r["by_hidden_size"].items())
+    return (
+        f"A training step of a 4-layer Llama (8 x 128 tokens, AdamW), bf16 autocast against fp32 by hidden size: "
+        f"{sizes} (`python -m benchmarks.precision_crossover`, `benchmarks/results/precision_crossover.json`); "
+        f"`auto` takes bf16 on a CPU from hidden size {r['threshold']}."
+    )
+
+
+def scoring_line() -> str:
+    r = _results("scoring")
+    return (
+        f"{r['score_tokens']['x_bare_forward']:.3g}x the bare forward's tokens/s with every per-token statistic "
+        f"(NLL, top-k, top-1 probability, entropy), {r['nll_only']['x_bare_forward']:.3g}x for the NLL alone "
+        f"(generation-0 scoring); bare forward {r['bare_forward']['tokens_per_s']:.0f} tokens/s."
+    )
+
+
+RENDERERS = {
+    "scoring": scoring_line,
+    "crossover": crossover_line,
+    "precision": precision_table,
+    "eval-share": eval_share_table,
+    "vllm-repro": vllm_repro_table,
+}
 
 
 def render(text: str) -> str:

@@ -129,3 +129,25 @@ def test_gaussian_mean_log_variance_follows_the_digamma_law():
     assert (_within(np.log(var), law) < Z).all()
     naive = np.array([log_var0 + (k + 1) * math.log((n - 1) / n) for k in range(G + 1)])  # log of E, not E of log
     assert _within(np.log(var), naive)[-1] > Z
+
+
+def test_the_categorical_study_reports_its_exact_laws_and_stays_within_them(tmp_path):
+    """`collapse run configs/theory/categorical.yaml` (smaller): the report draws and tables the exact
+    laws, and every cell's measured mean stays within 4 standard errors of them."""
+    from collapse.launch.cli import main
+
+    from .conftest import CONFIGS
+
+    out = tmp_path / "run"
+    overrides = ["study.generations=6", "grid.seed=[0,1,2,3,4,5,6,7,8,9,10,11]", "theory.samples=20"]
+    args = ["run", str(CONFIGS / "theory" / "categorical.yaml"), "--out", str(out), "--local"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Exact laws: measured mean against the law" in report
+    table = [
+        line for line in report.splitlines() if line.startswith("| replace |") or line.startswith("| accumulate |")
+    ]
+    laws_rows = [line.split("|")[1:-1] for line in table if M.SURVIVING_CATEGORIES in line or M.HETEROZYGOSITY in line]
+    assert len(laws_rows) >= 8  # 2 regimes x 2 contaminations x (at least) 2 metrics
+    assert all(float(cells[6]) < Z for cells in laws_rows), laws_rows
+    assert (out / "collapse_curves.png").stat().st_size > 10_000

@@ -55,7 +55,7 @@ prompts = rng.integers(3, 290, (16, 4)).astype(np.int32)
 params = SampleParams(max_new_tokens=24)
 a = s.generate(None, prompts, params, ("v",), 0)
 b = s.generate(None, prompts[:8], params, ("v",), 0)
-rev = s.generate(None, prompts[::-1].copy(), params, ("v",), 0)
+rev = s.generate(None, prompts[::-1].copy(), params, ("v",), 0, rows=np.arange(16)[::-1])
 s.use(root + "/m1"); c = s.generate(None, prompts, params, ("v",), 0)
 s.use(root + "/m0"); d = s.generate(None, prompts, params, ("v",), 0)
 torch.set_num_threads(1)
@@ -83,7 +83,7 @@ def test_vllm_sampler_fp32_contract_and_weights_reloaded_in_place(model_dirs, tm
     a = one["a"]
     assert a.shape == (16, 4 + 24) and (a[:, :4] == one["a"][:, :4]).all()
     assert np.array_equal(one["b"], a[:8])  # a smaller corpus is a prefix of a larger one
-    assert np.array_equal(one["rev"][::-1], a)  # independent of batch order
+    assert np.array_equal(one["rev"][::-1], a)  # the same rows in reversed order: independent of batch order
     assert not np.array_equal(one["c"], a)  # the reloaded engine samples the next generation's model
     assert np.array_equal(one["d"], a) and int(one["reloads"]) == 2  # ... and reloading back is exact
     assert int(one["threads"]) == 1  # vLLM's no-op torch.set_num_threads does not stay behind
@@ -122,22 +122,33 @@ def _engine_started(out) -> bool:
     return any("vLLM engine" in p.read_text(errors="replace") for p in logs if p.is_file())
 
 
-def test_vllm_study_in_worker_processes_reruns_to_the_same_metrics_and_leaves_nothing(small_corpus, tmp_path):
-    rows = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        proc = popen_study(_vllm_study(small_corpus) + ["--out", str(out)])
-        try:
-            assert proc.wait(timeout=400) == 0
-            _assert_all_exit(proc)  # no engine, worker or forkserver outlives the study
-        finally:
-            for q in _session(proc):
-                q.kill()
-        rows.append(without_timings(read_metrics(out)))
-        corpus = out / "lineages" / "c1.00-replace-s0" / "gen_001" / "corpus" / "synthetic.json"
-        meta = json.loads(corpus.read_text()) if corpus.is_file() else {}
-        assert meta.get("sampler") == "vllm (fp32)" and meta.get("precision") == "fp32"
-    assert len(rows[0]) == 2 * 3 and rows[0] == rows[1]
+def _corpus_meta(out) -> dict:
+    corpus = out / "lineages" / "c1.00-replace-s0" / "gen_001" / "corpus" / "synthetic.json"
+    return json.loads(corpus.read_text()) if corpus.is_file() else {}
+
+
+@pytest.mark.ray
+def test_vllm_study_in_worker_processes_and_in_ray_actors_gives_the_same_metrics(ray_session, small_corpus, tmp_path):
+    """The same study twice: worker processes (a `collapse` process), then Ray lineage actors (this
+    process holds a Ray session): vLLM runs in both, leaves nothing behind, and fp32 reproduces."""
+    from collapse.launch.cli import main
+
+    out = tmp_path / "processes"
+    cmd = _vllm_study(small_corpus) + ["--out", str(out)]
+    proc = popen_study(cmd)
+    try:
+        assert proc.wait(timeout=400) == 0
+        _assert_all_exit(proc)  # no engine, worker or forkserver outlives the study
+    finally:
+        for q in _session(proc):
+            q.kill()
+    assert _corpus_meta(out).get("sampler") == "vllm (fp32)" and _corpus_meta(out).get("precision") == "fp32"
+    ray_out = tmp_path / "ray"
+    overrides = tiny_overrides(small_corpus, **{**VLLM_MODEL, "tracking.wandb": "disabled"})
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--out", str(ray_out)] + set_args(overrides)) == 0
+    assert _corpus_meta(ray_out).get("sampler") == "vllm (fp32)"
+    first, second = without_timings(read_metrics(out)), without_timings(read_metrics(ray_out))
+    assert len(first) == 2 * 3 and first == second
 
 
 @pytest.mark.parametrize("how", ["sigint", "sigkill-driver"])

@@ -48,6 +48,14 @@ DISTINCT_2_WORDS = "distinct_2_words"
 # whitespace): samples caught in a short loop, and repeated 4-grams within a sample.
 DEGENERATE_RATE = "degenerate_rate"  # share of samples with a loop (DEGENERATE_SPAN tokens) or a whitespace run
 REPETITION_RATE = "repetition_rate"  # share of a sample's 4-grams that already occurred earlier in it
+# Tail extinction (the seed paper's measure), against the real train split's token types and
+# bigrams: what the generation's samples never produce, and what a sample of the same size drawn
+# from the real distribution would miss by chance (the finite-sample baseline, exact: sum (1 - p)^m).
+TYPES_MISSING = "types_missing"  # real token types absent from the generation's samples
+TYPES_MISSING_EXPECTED = "types_missing_expected"  # ... expected for an iid real sample of as many tokens
+MASS_MISSING = "mass_missing"  # real-frequency mass of the absent types
+MASS_MISSING_EXCESS = "mass_missing_excess"  # mass_missing minus its finite-sample expectation: collapse > 0
+RARE_BIGRAMS_MISSING = "rare_bigrams_missing"  # share of the real split's rare bigrams absent from the samples
 UNIGRAM_KL = "unigram_kl"  # KL(real || samples) of unigram distributions (bits)
 UNIGRAM_JS = "unigram_js"  # Jensen-Shannon divergence, bits in [0, 1]
 DOC_LEN_MEAN = "doc_len_mean"  # tokens per document (EOS-delimited) in the samples
@@ -142,6 +150,10 @@ HIGHER_IS_COLLAPSE = {
     BIGRAM_ENTROPY: False,
     VOCAB_COVERAGE: False,
     SELF_BLEU: True,
+    TYPES_MISSING: True,
+    MASS_MISSING: True,
+    MASS_MISSING_EXCESS: True,
+    RARE_BIGRAMS_MISSING: True,
     DEGENERATE_RATE: True,
     REPETITION_RATE: True,
     UNIGRAM_KL: True,
@@ -228,6 +240,41 @@ def vocab_coverage(sample_rows, reference_rows) -> float:
     ref = set(np.unique(np.asarray(reference_rows)).tolist())
     got = set(np.unique(np.asarray(sample_rows)).tolist())
     return len(ref & got) / max(1, len(ref))
+
+
+def tail_extinction(
+    sample_rows, real_counts: np.ndarray, real_bigrams: tuple[np.ndarray, np.ndarray] | None = None, rare_max: int = 1
+) -> dict[str, float]:
+    """Which of the real train split's token types (and rare bigrams: count <= rare_max) the
+    samples never produce, against the exact expectation for an iid sample of as many tokens from
+    the real unigram distribution: sum_i (1 - p_i)^m types and sum_i p_i (1 - p_i)^m mass. A sample
+    of real text misses about the expected amount; a collapsing model misses more (excess > 0)."""
+    rows = np.asarray(sample_rows)
+    counts = np.asarray(real_counts, dtype=np.float64)
+    if rows.size == 0 or counts.sum() == 0:
+        return {}
+    probs = counts / counts.sum()
+    present = np.zeros(len(counts), dtype=bool)
+    ids = rows.reshape(-1)
+    present[ids[(ids >= 0) & (ids < len(counts))]] = True
+    real = counts > 0
+    missing = real & ~present
+    m = rows.size
+    expected_types = float(np.exp(m * np.log1p(-probs[real])).sum())  # (1 - p)^m, stable for tiny p
+    expected_mass = float((probs[real] * np.exp(m * np.log1p(-probs[real]))).sum())
+    out = {
+        TYPES_MISSING: float(missing.sum()),
+        TYPES_MISSING_EXPECTED: expected_types,
+        MASS_MISSING: float(probs[missing].sum()),
+        MASS_MISSING_EXCESS: float(probs[missing].sum() - expected_mass),
+    }
+    if real_bigrams is not None and rows.ndim == 2 and rows.shape[1] > 1:
+        keys, bigram_counts = real_bigrams
+        rare = keys[bigram_counts <= rare_max]
+        if len(rare):
+            seen = np.unique((rows[:, :-1].astype(np.int64) << 32 | rows[:, 1:].astype(np.int64)).reshape(-1))
+            out[RARE_BIGRAMS_MISSING] = float(1 - np.isin(rare, seen, assume_unique=True).mean())
+    return out
 
 
 def bigram_table(rows) -> tuple[np.ndarray, np.ndarray]:

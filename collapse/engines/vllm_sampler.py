@@ -160,8 +160,12 @@ class VLLMSampler:
         self._loaded = self.model_dir
         self.reloads += 1
 
-    def generate(self, model, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int) -> np.ndarray:
-        """prompts [n, p] -> [n, p + max_new_tokens]; `model` is unused (vLLM loads the model dir)."""
+    def generate(
+        self, model, prompts: np.ndarray, params, seed_parts: tuple, pad_id: int, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """prompts [n, p] -> [n, p + max_new_tokens]; `model` is unused (vLLM loads the model dir).
+        `rows`: each prompt's index in the stream (default 0..n-1); its seed follows it, whatever its
+        place in this call (what lets a test submit the same rows in another order)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -177,10 +181,10 @@ class VLLMSampler:
                 max_tokens=params.max_new_tokens,
                 min_tokens=params.max_new_tokens,
                 ignore_eos=True,
-                seed=derive_seed(*seed_parts, "row", i) % (1 << 31),
+                seed=derive_seed(*seed_parts, "row", int(i)) % (1 << 31),
                 detokenize=False,
             )
-            for i in range(len(prompts))
+            for i in (range(len(prompts)) if rows is None else rows)
         ]
         inputs = [TokensPrompt(prompt_token_ids=[int(t) for t in row]) for row in prompts]
         outputs = self._engine().generate(inputs, per_row, use_tqdm=False)

@@ -14,7 +14,7 @@ from ..core import metrics as M
 from ..core.checkpoint import write_bytes_atomic, write_text_atomic
 from ..core.config import dump_config
 from ..core.metrics import sample_metrics
-from ..core.plan import AGGREGATE_ABOVE, cell_name
+from ..core.plan import AGGREGATE_ABOVE, cell_name, rows_per_generation
 from ..core.rundir import METRICS_FILE, PLOT_FILE, REPORT_FILE, SEARCH_PLOT_FILE, RunDir, read_metrics
 from ..core.seeding import derive_seed
 from ..core.stats import (
@@ -30,6 +30,7 @@ from ..core.stats import (
 from ..core.tracking import wandb_group
 from ..engines.data import reference_rows
 from ..engines.families import plotted_metrics as panels
+from ..engines.laws import oracle as exact_law
 from ..engines.tokenizer import eos_token_id
 
 TABLE_KEYS = (
@@ -149,9 +150,10 @@ def _center_and_band(rows_at_g: list[dict], key: str, kind: str) -> tuple[float,
     return center, None
 
 
-def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None):
+def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None, laws: dict | None = None):
     """The collapse curves: one row of panels per metric, one column per regime, one line per
-    contamination (mean over seeds and other axes) with its 95% band, one legend for all."""
+    contamination (mean over seeds and other axes) with its 95% band, one legend for all. `laws`:
+    {(regime, c): {metric: exact expectation per generation}}, drawn dashed over the band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,6 +193,10 @@ def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None)
                 bands = [d[1] for d in drawn]
                 if all(b is not None for b in bands):
                     ax.fill_between(gens, [b[0] for b in bands], [b[1] for b in bands], color=color, alpha=0.15, lw=0)
+                law = (laws or {}).get((regime, c), {}).get(key)
+                if law is not None:
+                    (exact,) = ax.plot(range(len(law)), law, color="black", ls="--", lw=0.9, label="exact law")
+                    handles.setdefault("exact law", exact)
             if reference and key in reference and key not in SELF_REFERENTIAL:
                 handles.setdefault("real text", ax.axhline(reference[key], color="grey", ls="--", lw=1))
             if i == 0:
@@ -217,13 +223,15 @@ def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None)
     return fig
 
 
-def plot(rows: list[dict], path: Path, reference: dict[str, float] | None = None) -> list[Path]:
+def plot(
+    rows: list[dict], path: Path, reference: dict[str, float] | None = None, laws: dict | None = None
+) -> list[Path]:
     """The collapse curves as PNG (300 dpi), PDF and SVG next to each other; returns the paths."""
     import io
 
     import matplotlib.pyplot as plt
 
-    fig = collapse_figure(rows, reference)
+    fig = collapse_figure(rows, reference, laws)
     written = []
     for fmt in FIGURE_FORMATS:
         buf = io.BytesIO()
@@ -572,6 +580,76 @@ def degenerate_section(rows: list[dict]) -> list[str]:
     return lines + [f"| {name} | {k} | {a:.2f} | {b:.2f} |" for name, k, a, b in jumps]
 
 
+def theory_laws(root: Path, rows: list[dict]) -> dict:
+    """{(regime, c): {metric: exact expectation per generation}} for a theory study whose family
+    has exact laws for that cell (engines/laws.py); {} for a language-model study."""
+    import json
+
+    import numpy as np
+
+    from ..pipeline.theory import TRUTH
+
+    run = RunDir(root)
+    cfg = run.load_config()
+    truth_file = run.data_dir / TRUTH
+    if cfg.model.family == "lm" or not truth_file.is_file() or not rows:
+        return {}
+    truth, pool = json.loads(truth_file.read_text()), np.load(run.data_dir / "train.npy")
+    last = max(r[M.GENERATION] for r in rows)
+    cells = sorted({(r[M.REGIME], r[M.CONTAMINATION]) for r in rows if M.REGIME in r})
+    out = {}
+    for regime, c in cells:
+        law = exact_law(cfg.model.family, truth, pool, rows_per_generation(cfg), regime, c, last)
+        if law:
+            out[(regime, c)] = law
+    return out
+
+
+def law_section(rows: list[dict], laws: dict) -> list[str]:
+    """Per cell and metric with an exact law: the largest deviation of the measured mean from the
+    law over the generations, in standard errors of the mean across the cell's lineages."""
+    if not laws:
+        return []
+    lines = [
+        "",
+        "## Exact laws: measured mean against the law",
+        "",
+        "Per cell: the mean over its lineages at each generation against the law's expectation "
+        "(`collapse/engines/laws.py`), in standard errors of that mean; |z| < 4 at every generation is "
+        "what a correct framework gives. The figure draws each law dashed.",
+        "",
+        "| regime | c | metric | lineages | law at last gen | mean at last gen | max abs z | at gen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (regime, c), by_key in sorted(laws.items()):
+        cell = [r for r in rows if r.get(M.REGIME) == regime and r.get(M.CONTAMINATION) == c]
+        for key, law in by_key.items():
+            worst, at, n, last_mean = 0.0, 0, 0, float("nan")
+            # Where every lineage has the same value (all 30 categories alive, no mass lost) the spread
+            # says nothing: the standard error is then that of one lineage differing by the smallest
+            # non-zero value the metric takes in the cell (a count's smallest count, a mass's smallest
+            # lost category), a conservative stand-in for its resolution.
+            step = min((abs(r[key]) for r in cell if key in r and math.isfinite(r[key]) and r[key]), default=0.0)
+            for g, expected in enumerate(law):
+                values = [r[key] for r in cell if r[M.GENERATION] == g and key in r and math.isfinite(r[key])]
+                if len(values) < 2:
+                    continue
+                n, mean = len(values), sum(values) / len(values)
+                sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                se = (sd if sd > 0 else step) / math.sqrt(len(values))
+                if se == 0:
+                    continue
+                z = abs(mean - expected) / se
+                if z > worst:
+                    worst, at = z, g
+                last_mean = mean
+            if n:
+                lines.append(
+                    f"| {regime} | {c:g} | {key} | {n} | {law[-1]:.4g} | {last_mean:.4g} | {worst:.2f} | {at} |"
+                )
+    return lines
+
+
 def write_report(root: str | Path, failed: dict[str, str] | None = None, rows: list[dict] | None = None) -> list[dict]:
     """The plot and report.md; `rows`: metrics.jsonl's rows when the caller has them in memory."""
     root = Path(root)
@@ -579,12 +657,14 @@ def write_report(root: str | Path, failed: dict[str, str] | None = None, rows: l
     rows = read_metrics(root) if rows is None else rows
     name = run.load_config().study.name
     reference = real_reference(root)
+    laws = theory_laws(root, rows) if rows else {}
     if rows:
-        plot(rows, root / PLOT_FILE, reference)
+        plot(rows, root / PLOT_FILE, reference, laws)
     search = run.search_events()
     if search:
         plot_search(search, root / SEARCH_PLOT_FILE)
     paired = paired_detections(run, rows) if rows else {}
-    text = markdown(rows, name, failed or {}, reference, search_section(search), provenance(root), paired)
+    sections = law_section(rows, laws) + search_section(search)
+    text = markdown(rows, name, failed or {}, reference, sections, provenance(root), paired)
     write_text_atomic(root / REPORT_FILE, text)
     return rows

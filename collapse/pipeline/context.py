@@ -58,9 +58,14 @@ class StudyContext:
         return frequency_buckets(self.real.train_token_counts, self.cfg.eval.head_mass, self.cfg.eval.tail_mass)
 
     @cached_property
+    def real_bigrams(self) -> tuple[np.ndarray, np.ndarray]:
+        """The real train split's bigrams and their counts (rare bigrams, tail extinction)."""
+        return bigram_table(self.real.train)
+
+    @cached_property
     def rare_mask(self) -> np.ndarray:
         """[eval rows, L-1]: targets completing a bigram that is rare in the real train split."""
-        return rare_bigram_mask(self.eval_rows, bigram_table(self.real.train), self.cfg.eval.rare_ngram_max_count)
+        return rare_bigram_mask(self.eval_rows, self.real_bigrams, self.cfg.eval.rare_ngram_max_count)
 
     def gen0_model(self, spec: LineageSpec) -> torch.nn.Module:
         """The generation-0 model of a lineage (kept: consecutive units of a lineage share it)."""

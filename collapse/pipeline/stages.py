@@ -279,6 +279,7 @@ def evaluate(
         absent,
     )
     note_absent(ctx.run, absent)
+    div.update(M.tail_extinction(samples, ctx.real.train_token_counts, ctx.real_bigrams, e.rare_ngram_max_count))
     timing["eval_sample_metrics_s"], t = time.perf_counter() - t, time.perf_counter()
     gen0 = model if k == 0 else ctx.gen0_model(spec)
     div.update(gen0_perplexity(gen0, samples, e.batch_size, e.bootstrap, rng, per_unit, resolve_for(e.precision, gen0)))
