@@ -116,6 +116,26 @@ def crossover_line() -> str:
     )
 
 
+def precision_study_block() -> str:
+    r = _results("precision_study_smollm2")
+    agree, det = r["collapse_directions_agree"], r["paired_detections"]
+    found = {key: by for key, by in det["fp32"].items()}
+    detected = ", ".join(
+        f"`{key}` at generation {g}" for key, by in sorted(found.items()) for g in by.values() if g is not None
+    )
+    changes = ", ".join(f"`{k}` {v['max_relative_change']:.1e}" for k, v in r["metric_changes"].items())
+    return (
+        f"| | fp32 | `auto` ({r['precision_auto_resolved']['train']} here) |\n|---|---|---|\n"
+        f"| study wall time, {r['units']} rows | {r['wall_s']['fp32']:.0f} s | {r['wall_s']['auto']:.0f} s |\n"
+        f"| paired detections against the c = 0 control | {detected or 'none'} | "
+        f"{'the same' if r['paired_detections_equal'] else 'different: see the results file'} |\n\n"
+        f"Direction of each metric's change from generation 0 to the last, per lineage: held-out metrics agree "
+        f"in {agree['held_out']['agree']} of {agree['held_out']['of']} (lineage, metric) pairs, sample metrics in "
+        f"{agree['sampled']['agree']} of {agree['sampled']['of']}. Largest relative change of a unit's value: "
+        f"{changes}."
+    )
+
+
 def scoring_line() -> str:
     r = _results("scoring")
     return (
@@ -127,6 +147,7 @@ def scoring_line() -> str:
 
 RENDERERS = {
     "scoring": scoring_line,
+    "precision-study": precision_study_block,
     "crossover": crossover_line,
     "precision": precision_table,
     "eval-share": eval_share_table,
@@ -136,10 +157,10 @@ RENDERERS = {
 
 def render(text: str) -> str:
     for name, fn in RENDERERS.items():
-        pattern = re.compile(rf"(<!-- measured:{name} -->\n).*?(\n<!-- /measured:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- measured:{name} -->\n)(?:.*?\n)?(<!-- /measured:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no block <!-- measured:{name} --> ... <!-- /measured:{name} -->")
-        text = pattern.sub(lambda m, fn=fn: m.group(1) + fn() + m.group(2), text)
+        text = pattern.sub(lambda m, fn=fn: m.group(1) + fn() + "\n" + m.group(2), text)
     return text
 
 

@@ -84,9 +84,10 @@ class VLLMSampler:
 
     @property
     def precision(self) -> str:
-        """sample.precision, resolved. `auto` is fp32: vLLM's bf16 kernels are not batch-invariant,
-        and two processes drew two different corpora from one model (README "Precision"); bf16 is
-        the opt-in fast mode. Read once the model dir exists (the sampler is made before training)."""
+        """sample.precision, resolved. `auto` is fp32: vLLM's bf16 kernels are not batch-invariant (a
+        row's tokens depend on the batch it is drawn in, so a smaller corpus is not a prefix of a
+        larger one, which a shared generation 0 needs; README "Precision and sampling backends");
+        bf16 is the opt-in fast mode. Read once the model dir exists (made before training)."""
         if self.setting == "auto":
             return "fp32"
         hidden = int(_model_config(Path(self.model_dir)).get("hidden_size", 0))
@@ -94,8 +95,8 @@ class VLLMSampler:
 
     @property
     def ran(self) -> str:
-        """How it sampled (the corpus's provenance): bf16 says it is not reproducible."""
-        return f"vllm ({self.precision}" + (", not reproducible across processes)" if self.precision == "bf16" else ")")
+        """How it sampled (the corpus's provenance): bf16 says it is not batch-invariant."""
+        return f"vllm ({self.precision}" + (", not batch-invariant)" if self.precision == "bf16" else ")")
 
     def use(self, model_dir: Path) -> VLLMSampler:
         """Sample from `model_dir` next (the engine reloads its weights at the next call)."""
