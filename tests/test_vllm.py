@@ -123,7 +123,7 @@ def _engine_started(out) -> bool:
 
 
 def _corpus_meta(out) -> dict:
-    corpus = out / "lineages" / "c1.00-replace-s0" / "gen_001" / "corpus" / "synthetic.json"
+    corpus = out / "lineages" / "c1.00-replace-s0" / "gen_001" / "synthetic.json"
     return json.loads(corpus.read_text()) if corpus.is_file() else {}
 
 
