@@ -184,3 +184,9 @@ def test_fine_tuning_a_base_model_with_a_from_scratch_lr_is_warned():
     assert warning.startswith("train.lr 0.003 is a from-scratch learning rate") and "5e-5" in warning
     assert Config().replace({**base, "train.lr": 5e-5}).warnings() == []
     assert Config().warnings() == []  # from scratch: the default is right
+
+
+def test_vllm_in_bf16_is_warned_as_not_batch_invariant():
+    (warning,) = Config().replace({"sample.backend": "vllm", "sample.precision": "bf16"}).warnings()
+    assert warning.startswith("sample.backend vllm with sample.precision bf16 is not batch-invariant")
+    assert Config().replace({"sample.backend": "vllm"}).warnings() == []

@@ -605,6 +605,12 @@ class Config:
                 f"train.lr {self.train.lr:g} is a from-scratch learning rate; fine-tuning a pretrained base "
                 f"(model.init: base) usually wants 1e-5..1e-4 (SmolLM2-135M: 5e-5), or it forgets what it knew"
             )
+        if self.sample.backend == "vllm" and self.sample.precision == "bf16":
+            out.append(
+                "sample.backend vllm with sample.precision bf16 is not batch-invariant: a row's tokens depend on the "
+                "batch it is drawn in, so another sample.batch_size or corpus size draws other rows (fp32, the "
+                "default, does not)"
+            )
         return out
 
     def replace(self, overrides: dict[str, Any]) -> Config:
