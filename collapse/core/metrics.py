@@ -111,6 +111,7 @@ PLOTTED = (
     (VOCAB_COVERAGE, "vocabulary coverage of samples", False),
     (UNIGRAM_JS, "JS(real, samples) unigrams (bits)", True),
     (SELF_BLEU, "self-BLEU of samples", True),
+    (MASS_MISSING_EXCESS, "real mass no sample has, beyond chance", True),
 )
 # Which direction is collapse, for every metric the early-warning detector may look at.
 # Per-unit values saved beside each row (rundir.PER_UNIT_FILE), behind the paired tests: per
