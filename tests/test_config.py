@@ -60,6 +60,25 @@ def test_extra_grid_axis_expands(small_corpus):
     assert specs[0].gen0_key == specs[1].gen0_key  # generation 0 is shared across init modes
 
 
+@pytest.mark.parametrize(
+    "config, identity, last_key",
+    [
+        ("debug.yaml", 1, "fcfe594bf03f"),
+        ("debug.yaml", 2, "8f8d5012e94b"),
+        ("repro/drayson2025.yaml", 1, "afa9587931eb"),
+        ("repro/drayson2025.yaml", 2, "2ea61ec7d9b0"),
+    ],
+)
+def test_generation0_identity_is_pinned(config, identity, last_key):
+    """A run directory names its generation-0 units by this key: any change to how it is computed
+    (the serialization, a key order, the seed's place) strands every existing study's units."""
+    from collapse.core.plan import expand, gen0_key
+
+    specs = expand(load_config(CONFIGS / config), identity=identity)
+    assert specs[-1].gen0_key == last_key
+    assert all(s.gen0_key == gen0_key(s.config, s.seed, identity) for s in specs)
+
+
 def test_generation0_shared_across_contamination_and_regime():
     from collapse.core.plan import expand, gen0_groups
 

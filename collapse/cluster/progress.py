@@ -29,6 +29,7 @@ from .search import ThresholdSearch
 
 log = logging.getLogger(__name__)
 METRICS_EVERY_S = 5.0
+COLUMNS_FIRST = 1000  # rows appended in a session before metrics.columns.npz is first rewritten
 console = Console(stderr=True)
 
 
@@ -205,6 +206,8 @@ class Ledger:
         view.expect([s.name for s in specs])
         # Every finished row, kept here: metrics.jsonl is rewritten in order from it (never by
         # re-reading every unit), and grows by one appended line per unit in between.
+        self.in_file: list[dict] = []  # metrics.jsonl's rows, in its order
+        self._columns_rows = 0  # how many of them metrics.columns.npz holds
         self.rows = {(r["lineage"], r[M.GENERATION]): r for r in self.rebuild_metrics(known=run.metrics_rows())}
         self._remote, self._mirrored = is_remote_backed(run.root), time.monotonic()
         for s in specs:
@@ -219,6 +222,12 @@ class Ledger:
         self.view.update(spec.name, format_row(row) if k < self.G else "done  " + format_row(row), k + 1, row)
         self.rows[(spec.name, k)] = row
         self.run.append_metrics([row])  # O(1) per unit: the study's cost per unit never grows with its size
+        self.in_file.append(row)
+        if len(self.in_file) >= max(COLUMNS_FIRST, 2 * self._columns_rows):
+            # The columns again, each time the file has doubled since they were written: a reader
+            # (`collapse status`) then parses at most half the file; O(1) amortized per unit.
+            self.run.write_metrics_columns(self.in_file)
+            self._columns_rows = len(self.in_file)
         if self._remote and time.monotonic() - self._mirrored > METRICS_EVERY_S:
             after_write(self.run.root / METRICS_FILE)  # the bucket's copy: whole, every few seconds
             self._mirrored = time.monotonic()
@@ -245,8 +254,11 @@ class Ledger:
         self.view.update(name, "[red]failed[/red]")
 
     def rebuild_metrics(self, known: dict | None = None) -> list[dict]:
-        """metrics.jsonl rewritten in order from the rows in hand (each unit's DONE is still checked)."""
-        return self.run.rebuild_metrics([s.name for s in self.specs], self.G, self.rows if known is None else known)
+        """metrics.jsonl (and its columns) rewritten in order from the rows in hand (each unit's DONE
+        is still checked)."""
+        rows = self.run.rebuild_metrics([s.name for s in self.specs], self.G, self.rows if known is None else known)
+        self.in_file, self._columns_rows = list(rows), len(rows)
+        return rows
 
     def _launched_by(self, spec: LineageSpec, k: int, row: dict) -> list[LineageSpec]:
         search = self.search

@@ -105,11 +105,25 @@ ADDED_LATER = {"data.splits": None, "data.join_lines": None, "data.separator": N
 IDENTITY_VERSION = 2  # 1: studies made before execution settings left the identity (they keep it)
 
 
+_SEED_SLOT = "\u0000seed\u0000"  # stands for the seed in a serialized identity; never a config value
+
+
 def gen0_key(cfg: Config, seed: int, identity: int = IDENTITY_VERSION) -> str:
     """Generation 0 trains on real data only, so it depends on the seed, data, model, training,
     sampling and evaluation settings, but not on contamination or regime: lineages that agree on
     the rest share one generation 0. `identity` 1 is the scheme of earlier releases (execution
     settings included), kept so their run directories resume onto the same units."""
+    return gen0_key_of(gen0_template(cfg, identity), seed)
+
+
+def gen0_key_of(template: str, seed: int) -> str:
+    """The key from `gen0_template`'s serialized identity: the seed is the only part that varies
+    across a grid's seeds, so a study of 10^4 lineages serializes its config once, not per lineage."""
+    return short_hash(template.replace(json.dumps(_SEED_SLOT), str(int(seed))))
+
+
+def gen0_template(cfg: Config, identity: int = IDENTITY_VERSION) -> str:
+    """The generation-0 identity serialized with a slot for the seed (json of an int is its str)."""
     model = dataclasses.asdict(cfg.model)
     model["init"] = "base" if cfg.model.init == "base" else "scratch"  # gen 0 starts from base or scratch
     if model["init"] != "base":
@@ -118,7 +132,7 @@ def gen0_key(cfg: Config, seed: int, identity: int = IDENTITY_VERSION) -> str:
     watermark = [mt.watermark_gamma, mt.watermark_delta] if mt.filter == "watermark" else None
     blob = {
         "study_seed": cfg.study.seed,
-        "seed": seed,
+        "seed": _SEED_SLOT,
         "model": model,
         "watermark": watermark,
         **{k: dataclasses.asdict(getattr(cfg, k)) for k in ("data", "train", "sample", "eval", "theory")},
@@ -131,7 +145,7 @@ def gen0_key(cfg: Config, seed: int, identity: int = IDENTITY_VERSION) -> str:
         section, name = key.split(".")
         if blob[section].get(name) == default:
             del blob[section][name]
-    return short_hash(json.dumps(blob, sort_keys=True))
+    return json.dumps(blob, sort_keys=True)
 
 
 def expand(cfg: Config, search_points: list[dict] | tuple = (), identity: int = IDENTITY_VERSION) -> list[LineageSpec]:
@@ -146,14 +160,19 @@ def expand(cfg: Config, search_points: list[dict] | tuple = (), identity: int = 
             (p["contamination"], p["regime"], p["seed"], *(dict(p.get("extra", {})).get(k) for k in extra_keys))
         )
     specs, seen = [], set()
+    templates: dict[tuple, tuple[Config, str]] = {}  # extra axes -> (their config, its gen-0 template)
     for values in combos:
         c, regime, seed, *rest = values
         extra = dict(zip(extra_keys, rest))
-        lineage_cfg = cfg.replace(extra) if extra else cfg
         name = lineage_name(c, regime, seed, extra)
         if name in seen:  # duplicated grid values: identical lineages never run twice
             continue
         seen.add(name)
+        axes_key = tuple(extra.items())
+        if axes_key not in templates:
+            lineage_cfg = cfg.replace(extra) if extra else cfg
+            templates[axes_key] = lineage_cfg, gen0_template(lineage_cfg, identity)
+        lineage_cfg, template = templates[axes_key]
         specs.append(
             LineageSpec(
                 name,
@@ -161,8 +180,8 @@ def expand(cfg: Config, search_points: list[dict] | tuple = (), identity: int = 
                 float(c),
                 regime,
                 int(seed),
-                tuple(extra.items()),
-                gen0_key(lineage_cfg, seed, identity),
+                axes_key,
+                gen0_key_of(template, seed),
                 lineage_cfg,
             )
         )

@@ -325,10 +325,15 @@ def get_family(name: str) -> ModelFamily:
 def plotted_metrics(rows: list[dict]) -> tuple[tuple[str, str, bool], ...]:
     """The (key, label, higher is collapse) panels of a set of rows: a language model's, or those
     of the theory family the rows come from."""
-    if not rows or any(M.PPL_REAL in r for r in rows):
+    return plotted_metrics_of(set().union(*rows) if rows else set())
+
+
+def plotted_metrics_of(keys: set[str]) -> tuple[tuple[str, str, bool], ...]:
+    """`plotted_metrics` from the keys the rows have (a metrics table's columns)."""
+    if not keys or M.PPL_REAL in keys:
         return M.PLOTTED
     for family in FAMILIES.values():
-        if any(family.plotted[0][0] in r for r in rows):
+        if family.plotted[0][0] in keys:
             return family.plotted
     return M.PLOTTED
 

@@ -31,7 +31,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+
+# scipy is imported where a law is computed: `collapse status` reaches this module (families ->
+# zipf_probs) and must start in well under a second.
 
 
 @dataclass
@@ -46,6 +48,8 @@ class CategoricalLaw:
 
 
 def _hypergeom_pmf(pool: int, in_pool: int, draws: int) -> np.ndarray:
+    from scipy import stats
+
     return stats.hypergeom(pool, in_pool, draws).pmf(np.arange(draws + 1))
 
 
@@ -60,6 +64,8 @@ def categorical_law(
 ) -> CategoricalLaw:
     """The exact law for a study whose real rows come from a pool with `pool_counts` per category
     (`true_probs`: the probabilities lost mass is measured in; default: the pool's frequencies)."""
+    from scipy import stats
+
     if regime not in ("replace", "accumulate"):
         raise ValueError(f"no exact categorical law for regime {regime!r} (replace, accumulate)")
     pool_counts = np.asarray(pool_counts, dtype=np.int64)
@@ -105,6 +111,8 @@ def poisson_variance(var0: float, mean0: float, n: int, k: int) -> float:
 
 def gaussian_log_variance(log_var0: float, n: int, refits: int) -> float:
     """E[log sigma^2] after `refits` MLE fits to n samples, starting from log sigma_0^2."""
+    from scipy import special
+
     return log_var0 + refits * (special.digamma((n - 1) / 2) + math.log(2 / n))
 
 

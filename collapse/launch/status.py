@@ -1,8 +1,10 @@
 """`collapse status DIR`: the lineage x generation grid of a study, live or as a snapshot.
 
-A unit is done iff its DONE marker exists; running iff some process holds its lock (probed with a
-non-blocking flock, so this is what the kernel says, not a guess from timestamps); failed if its
-lineage has a FAILED.json and this is the generation that failed; queued otherwise.
+A unit is done iff its DONE marker exists (its row in metrics.jsonl says so without a look at the
+disk: rows are appended after the marker and rewritten from the markers by every session); running
+iff some process holds its lock (probed with a non-blocking flock, so this is what the kernel says,
+not a guess from timestamps); failed if its lineage has a FAILED.json and this is the generation
+that failed; queued otherwise. `RunDir.snapshot` has the details.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from rich.text import Text
 
 from ..core.plan import AGGREGATE_ABOVE, cell_name
 from ..core.rundir import DONE_S, FAILED_S, QUEUED, RUNNING, RunDir, Snapshot
-from ..engines.families import plotted_metrics
+from ..engines.families import plotted_metrics_of
 
 STYLE = {DONE_S: "green", RUNNING: "yellow", FAILED_S: "red", QUEUED: "dim"}
 
@@ -37,7 +39,7 @@ def shown_generations(generations: int) -> list[int]:
 
 
 def render(snap: Snapshot, study: str) -> Group:
-    shown = plotted_metrics(list(snap.rows.values()))[0][0]  # ppl_real, or a theory family's first metric
+    shown = plotted_metrics_of(snap.rows.keys_present())[0][0]  # ppl_real, or a theory family's first metric
     table = Table(title=f"collapse status: {study}")
     aggregate = len(snap.lineages) > AGGREGATE_ABOVE
     table.add_column("cell (seeds)" if aggregate else "lineage", no_wrap=True)
@@ -51,7 +53,7 @@ def render(snap: Snapshot, study: str) -> Group:
             cells = []
             for k in columns:
                 state = snap.states[(name, k)]
-                label = f"{snap.rows[(name, k)].get(shown, float('nan')):.4g}" if state == DONE_S else state
+                label = f"{snap.rows.value((name, k), shown):.4g}" if state == DONE_S else state
                 cells.append(Text(label, style=STYLE[state]))
             table.add_row(name, *cells)
     total = len(snap.states)
@@ -76,7 +78,7 @@ def _cell_rows(table: Table, snap: Snapshot, shown: str, columns: list[int]) -> 
         for k in columns:
             states = [snap.states[(n, k)] for n in names]
             if all(st == DONE_S for st in states):
-                values = [snap.rows[(n, k)].get(shown, float("nan")) for n in names]
+                values = [snap.rows.value((n, k), shown) for n in names]
                 out.append(Text(f"{sum(values) / len(values):.4g}", style=STYLE[DONE_S]))
                 continue
             state = FAILED_S if FAILED_S in states else RUNNING if RUNNING in states else QUEUED
