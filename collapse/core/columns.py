@@ -132,6 +132,11 @@ class MetricsTable:
     def __len__(self) -> int:
         return self.n
 
+    def is_number(self, key: str) -> bool:
+        """Whether `key`'s every value is a JSON number (its column is `numeric`)."""
+        col = self._columns.get(key)
+        return col is not None and col[0] == _NUMBER
+
     def numeric(self, key: str) -> np.ndarray:
         """A number column as float64 (NaN where a row lacks it); all-NaN for a key not a number."""
         col = self._columns.get(key)

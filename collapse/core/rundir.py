@@ -100,6 +100,15 @@ def gen_name(k: int) -> str:
     return f"gen_{k:03d}"
 
 
+def _row_sealed_untouched(unit_dir: str) -> bool:
+    """A sealed unit's row not written since its DONE marker (which is written after it): any edit,
+    truncation or zeroing of the row makes the row the newer file. Checksums find the rest."""
+    try:
+        return os.stat(f"{unit_dir}/{UNIT_METRICS}").st_mtime_ns <= os.stat(f"{unit_dir}/{DONE}").st_mtime_ns
+    except OSError:
+        return False
+
+
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
@@ -463,15 +472,18 @@ class RunDir:
     def damaged_units(self, specs: list[LineageSpec], generations: int, scope: str = DEEP) -> list[Damage]:
         """Finished units whose files no longer match what their DONE marker recorded: a truncated,
         zeroed, missing or edited file (a full disk, a bad copy, a hand edit). `scope` says how hard
-        to look: ROWS (the metrics rows only, what `report` reads), QUICK (every file's size, and
+        to look: ROWS (the metrics rows only, what `report` reads: checksummed where the row is newer
+        than its DONE marker or either is missing, so 10^5 units cost two stats each), QUICK (every file's size, and
         the checksum of small files), DEEP (every checksum: reads every artifact once). A finished
         unit is deterministic, so `redo` plus a resume restores it exactly."""
-        dirs = {self.unit_dir(s.name, k) for s in specs for k in range(generations + 1)}
-        dirs |= {self.gen0_dir(s.gen0_key) for s in specs}
+        dirs = {f"{self.root}/lineages/{s.name}/{gen_name(k)}" for s in specs for k in range(generations + 1)}
+        dirs |= {str(self.gen0_dir(s.gen0_key)) for s in specs}
         damaged = []
         for d in sorted(dirs):
-            if is_done(d, DONE):
-                damaged += [Damage(d, name, problem) for name, problem in unit_problems(d, scope)]
+            if scope == ROWS and _row_sealed_untouched(d):
+                continue
+            if is_done(Path(d), DONE):
+                damaged += [Damage(Path(d), name, problem) for name, problem in unit_problems(Path(d), scope)]
         return damaged
 
     def redo(self, unit_dir: Path, damaged_files: list[str]) -> None:

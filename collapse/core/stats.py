@@ -124,6 +124,11 @@ def t_interval(values: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
     return float(values.mean() - half), float(values.mean() + half)
 
 
+def _finite(values) -> np.ndarray:
+    v = np.asarray(values, float)
+    return v[np.isfinite(v)]
+
+
 def band_kind(groups: list[list[float]]) -> str:
     """How to draw one metric's band across seeds, from its values at every (cell, generation):
     `t` (mean and t-interval) unless that band shows what cannot be. Where every value is positive
@@ -132,7 +137,7 @@ def band_kind(groups: list[list[float]]) -> str:
     axis). Where values can be zero or negative and a t-band reaches below zero for a quantity that
     never is, or strays beyond the observed values by more than their range (heavy tails), it is the
     2.5-97.5 percentile band around the median (`percentile`)."""
-    finite = [np.asarray([v for v in g if np.isfinite(v)], float) for g in groups]
+    finite = [_finite(g) for g in groups]
     finite = [g for g in finite if len(g) > 1]
     if not finite:
         return BAND_T
@@ -152,7 +157,7 @@ def band_kind(groups: list[list[float]]) -> str:
 
 def band(values: list[float], kind: str) -> tuple[float, float, float] | None:
     """(center, low, high) of one group's values across seeds for `band_kind`'s `kind`."""
-    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    v = _finite(values)
     if len(v) < 2:
         return None
     if kind == BAND_LOG and v.min() > 0:

@@ -7,11 +7,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from ..core import metrics as M
 from ..core.checkpoint import write_bytes_atomic, write_text_atomic
+from ..core.columns import MetricsTable
 from ..core.config import dump_config
 from ..core.metrics import sample_metrics
 from ..core.plan import AGGREGATE_ABOVE, cell_name, rows_per_generation
@@ -29,7 +31,7 @@ from ..core.stats import (
 )
 from ..core.tracking import wandb_group
 from ..engines.data import reference_rows
-from ..engines.families import plotted_metrics as panels
+from ..engines.families import plotted_metrics_of as panels_of
 from ..engines.laws import oracle as exact_law
 from ..engines.tokenizer import eos_token_id
 
@@ -53,10 +55,56 @@ SHORT = {
 }
 
 
-def table_keys(rows: list[dict]) -> tuple[str, ...]:
-    if not rows or any(M.PPL_REAL in r for r in rows):
+def as_table(data: MetricsTable | list[dict]) -> MetricsTable:
+    """The report works from columns (core/columns.py); a caller with rows in hand passes them."""
+    return data if isinstance(data, MetricsTable) else MetricsTable.from_rows(data)
+
+
+class Cells:
+    """A metrics table's rows grouped by (regime, contamination) cell and generation, as row
+    indices: every aggregate of the report (curves, bands, changes, laws) reads from here, one
+    pass of numpy sorting however many rows the study has."""
+
+    def __init__(self, table: MetricsTable):
+        self.table = table
+        regime, c, g = table.labels(M.REGIME), table.numeric(M.CONTAMINATION), table.numeric(M.GENERATION)
+        rows = np.nonzero(table.present(M.REGIME) & ~np.isnan(c) & ~np.isnan(g))[0]
+        self.by_cell: dict[tuple[str, float], dict[int, np.ndarray]] = {}
+        if len(rows):
+            regimes, r_code = np.unique(regime[rows], return_inverse=True)
+            cs, c_code = np.unique(c[rows], return_inverse=True)
+            gens = g[rows].astype(np.int64)
+            code = (r_code * len(cs) + c_code) * (int(gens.max()) + 1) + gens
+            order = np.argsort(code, kind="stable")
+            codes, starts = np.unique(code[order], return_index=True)
+            for group, start, end in zip(codes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
+                cell, k = divmod(group, int(gens.max()) + 1)
+                key = (str(regimes[cell // len(cs)]), float(cs[cell % len(cs)]))
+                self.by_cell.setdefault(key, {})[k] = rows[order[start:end]]
+        self._columns: dict[str, np.ndarray] = {}
+
+    def column(self, key: str) -> np.ndarray:
+        if key not in self._columns:
+            self._columns[key] = self.table.numeric(key)
+        return self._columns[key]
+
+    def raw(self, cell: tuple[str, float], k: int, key: str) -> np.ndarray:
+        """The values of `key` at one cell and generation, NaN for rows without it."""
+        return self.column(key)[self.by_cell[cell][k]]
+
+    def values(self, cell: tuple[str, float], k: int, key: str) -> np.ndarray:
+        """The same, without NaN (a row that lacks the metric, or a metric that was NaN)."""
+        v = self.raw(cell, k, key)
+        return v[~np.isnan(v)]
+
+    def groups(self):
+        return ((cell, k) for cell, series in self.by_cell.items() for k in series)
+
+
+def table_keys(table: MetricsTable) -> tuple[str, ...]:
+    if not table.n or M.PPL_REAL in table:
         return TABLE_KEYS
-    return tuple(k for k, _, _ in panels(rows)) + (M.SYNTHETIC_FRACTION, M.TRAIN_ROWS)
+    return tuple(k for k, _, _ in panels_of(set(table.keys))) + (M.SYNTHETIC_FRACTION, M.TRAIN_ROWS)
 
 
 def _fmt(v) -> str:
@@ -65,46 +113,55 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def shown_rows(rows: list[dict]) -> tuple[str, list[dict]]:
+def lineage_count(table: MetricsTable) -> int:
+    return len(np.unique(table.labels(M.LINEAGE))) if table.n else 0
+
+
+def shown_rows(table: MetricsTable, keys: tuple[str, ...] | None = None) -> tuple[str, list[dict]]:
     """The rows a printed table shows: every row, or (more than AGGREGATE_ABOVE lineages) one row
     per grid cell and generation with each metric's mean over the cell's seeds, `lineage` holding
-    the cell and its seed count. Returns the first column's title and the rows."""
-    if len({r[M.LINEAGE] for r in rows}) <= AGGREGATE_ABOVE:
-        return "lineage", rows
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(cell_name(r[M.LINEAGE]), r[M.GENERATION])].append(r)
+    the cell and its seed count. Returns the first column's title and the rows (`keys`: only the
+    metrics shown)."""
+    if lineage_count(table) <= AGGREGATE_ABOVE:
+        return "lineage", table.rows(None if keys is None else [M.LINEAGE, M.GENERATION, *keys])
+    names, inverse = np.unique(table.labels(M.LINEAGE), return_inverse=True)
+    cells, cell_of_name = np.unique([cell_name(n) for n in names.tolist()], return_inverse=True)
+    gen = table.numeric(M.GENERATION)
+    code = cell_of_name[inverse] * (int(np.nanmax(gen)) + 1) + gen.astype(np.int64)
+    groups, first_row, group_of_row = np.unique(code, return_index=True, return_inverse=True)
+    sizes = np.bincount(group_of_row, minlength=len(groups))
+    wanted = [k for k in (keys or table.keys) if table.is_number(k) and k != M.GENERATION]
+    means = {}
+    for key in wanted:
+        present = table.present(key)
+        # a row's NaN counts (the mean is then NaN, as the row says); a row without the key does not
+        sums = np.bincount(group_of_row, weights=np.where(present, table.numeric(key), 0.0), minlength=len(groups))
+        counts = np.bincount(group_of_row, weights=present.astype(float), minlength=len(groups))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[key] = (sums / counts, counts > 0)
     out = []
-    for (cell, k), group in groups.items():
-        mean = {M.LINEAGE: f"{cell} ({len(group)})", M.GENERATION: k}
-        for key in {key for r in group for key, v in r.items() if isinstance(v, (int, float))} - {M.GENERATION}:
-            values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
-            mean[key] = sum(values) / len(values)
-        out.append(mean)
+    for gi in np.argsort(first_row, kind="stable").tolist():  # in the order the file first has them
+        row = first_row[gi]
+        entry = {M.LINEAGE: f"{cells[cell_of_name[inverse[row]]]} ({sizes[gi]})", M.GENERATION: int(gen[row])}
+        entry.update({key: float(mean[gi]) for key, (mean, has) in means.items() if has[gi]})
+        out.append(entry)
     return "cell (seeds): mean", out
 
 
-def print_table(rows: list[dict], console: Console | None = None) -> None:
+def print_table(data: MetricsTable | list[dict], console: Console | None = None) -> None:
     # Piped output (CI logs, `| less`) gets a fixed width instead of rich's 80-column default.
+    table_data = as_table(data)
     console = console or Console(width=None if sys.stdout.isatty() else 130)
-    first, shown = shown_rows(rows)
+    keys = table_keys(table_data)
+    first, shown = shown_rows(table_data, keys)
     table = Table(title="collapse: lineage x generation", show_lines=False)
     table.add_column(first, no_wrap=True)
     table.add_column("gen", justify="right", min_width=3)
-    keys = table_keys(rows)
     for key in keys:
         table.add_column(SHORT.get(key, key), justify="right", no_wrap=True)
     for r in shown:
         table.add_row(r[M.LINEAGE], str(r[M.GENERATION]), *(_fmt(r.get(k, float("nan"))) for k in keys))
     console.print(table)
-
-
-def curves(rows: list[dict], key: str) -> dict[tuple[str, float], dict[int, list[float]]]:
-    """(regime, contamination) -> generation -> values over seeds (and other grid axes)."""
-    out: dict = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        out[(r[M.REGIME], r[M.CONTAMINATION])][r[M.GENERATION]].append(r.get(key, float("nan")))
-    return out
 
 
 def real_reference(root: Path) -> dict[str, float]:
@@ -125,45 +182,53 @@ SELF_REFERENTIAL = {M.VOCAB_COVERAGE, M.UNIGRAM_JS, M.UNIGRAM_KL, M.MAUVE, M.KNN
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
-def _values(rows_at_g: list[dict], key: str) -> list[float]:
-    return [r[key] for r in rows_at_g if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
-
-
-def band_kinds(rows: list[dict], keys: list[str]) -> dict[str, str]:
+def band_kinds(cells: Cells, keys: list[str]) -> dict[str, str]:
     """metric -> how its band across seeds is drawn (`stats.band_kind`), over every cell and generation."""
-    groups: dict = defaultdict(list)
-    for r in rows:
-        groups[(r[M.REGIME], r[M.CONTAMINATION], r[M.GENERATION])].append(r)
-    return {key: band_kind([_values(g, key) for g in groups.values()]) for key in keys}
+    return {key: band_kind([cells.values(cell, k, key) for cell, k in cells.groups()]) for key in keys}
 
 
-def _center_and_band(rows_at_g: list[dict], key: str, kind: str) -> tuple[float, tuple[float, float] | None]:
+def _center_and_band(
+    cells: Cells, cell: tuple[str, float], k: int, key: str, kind: str
+) -> tuple[float, tuple[float, float] | None]:
     """The line's value and its 95% band at one generation: across seeds (`kind`) when there are
     several, else the generation's own interval (`<key>_lo`, `<key>_hi`) when it was computed."""
-    values = _values(rows_at_g, key)
+    values = cells.values(cell, k, key)
     across = band(values, kind)
     if across is not None:
         return across[0], (across[1], across[2])
-    center = values[0] if values else float("nan")
-    if len(rows_at_g) == 1 and f"{key}_lo" in rows_at_g[0] and f"{key}_hi" in rows_at_g[0]:
-        return center, (rows_at_g[0][f"{key}_lo"], rows_at_g[0][f"{key}_hi"])
+    center = float(values[0]) if len(values) else float("nan")
+    at = cells.by_cell[cell][k]
+    lo, hi = key + M.CI_LO, key + M.CI_HI
+    if len(at) == 1 and cells.table.present(lo)[at[0]] and cells.table.present(hi)[at[0]]:
+        return center, (float(cells.column(lo)[at[0]]), float(cells.column(hi)[at[0]]))
     return center, None
 
 
-def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None, laws: dict | None = None):
+def seed_count(table: MetricsTable) -> int:
+    """How many seed values the rows have (a row without one counts as one more value)."""
+    present = table.present(M.SEED)
+    return len(np.unique(table.numeric(M.SEED)[present])) + int(not present.all())
+
+
+def collapse_figure(
+    data: MetricsTable | list[dict], reference: dict[str, float] | None = None, laws: dict | None = None
+):
     """The collapse curves: one row of panels per metric, one column per regime, one line per
     contamination (mean over seeds and other axes) with its 95% band, one legend for all. `laws`:
-    {(regime, c): {metric: exact expectation per generation}}, drawn dashed over the band."""
+    {(regime, c): {metric: exact expectation per generation}}, drawn dashed over the band. Drawn
+    from the table's columns, grouped once (`Cells`): no row is held as a dict."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
-    regimes = sorted({r[M.REGIME] for r in rows})
-    cs = sorted({r[M.CONTAMINATION] for r in rows})
-    seeds = len({r.get(M.SEED) for r in rows})
-    plotted = panels(rows)
+    table = as_table(data)
+    cells = Cells(table)
+    regimes = sorted({regime for regime, _ in cells.by_cell})
+    cs = sorted({c for _, c in cells.by_cell})
+    seeds = seed_count(table)
+    plotted = panels_of(set(table.keys))
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(
         len(plotted),
@@ -173,20 +238,17 @@ def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None,
         sharex=True,
         layout="constrained",
     )
-    by_cell: dict = defaultdict(lambda: defaultdict(list))  # (regime, c) -> generation -> rows
-    for r in rows:
-        by_cell[(r[M.REGIME], r[M.CONTAMINATION])][r[M.GENERATION]].append(r)
     handles = {}
-    kinds = band_kinds(rows, [key for key, _, _ in plotted])
+    kinds = band_kinds(cells, [key for key, _, _ in plotted])
     for j, regime in enumerate(regimes):
         for i, (key, label, _) in enumerate(plotted):
             ax = axes[i][j]
             for c in cs:
-                series = by_cell.get((regime, c))
+                series = cells.by_cell.get((regime, c))
                 if not series:
                     continue
                 gens = sorted(series)
-                drawn = [_center_and_band(series[g], key, kinds[key]) for g in gens]
+                drawn = [_center_and_band(cells, (regime, c), g, key, kinds[key]) for g in gens]
                 color = cmap(0.9 * c)
                 (line,) = ax.plot(gens, [d[0] for d in drawn], marker="o", ms=3, color=color, label=f"c = {c:g}")
                 handles.setdefault(f"c = {c:g}", line)
@@ -224,14 +286,14 @@ def collapse_figure(rows: list[dict], reference: dict[str, float] | None = None,
 
 
 def plot(
-    rows: list[dict], path: Path, reference: dict[str, float] | None = None, laws: dict | None = None
+    data: MetricsTable | list[dict], path: Path, reference: dict[str, float] | None = None, laws: dict | None = None
 ) -> list[Path]:
     """The collapse curves as PNG (300 dpi), PDF and SVG next to each other; returns the paths."""
     import io
 
     import matplotlib.pyplot as plt
 
-    fig = collapse_figure(rows, reference, laws)
+    fig = collapse_figure(data, reference, laws)
     written = []
     for fmt in FIGURE_FORMATS:
         buf = io.BytesIO()
@@ -244,18 +306,15 @@ def plot(
     return written
 
 
-def effect_table(rows: list[dict]) -> list[dict]:
-    """Per (regime, contamination): metric at the first and last generation, and the change."""
+def effect_table(cells: Cells) -> list[dict]:
+    """Per (regime, contamination): each plotted metric's mean at the first and last generation."""
     out = []
-    plotted = panels(rows)
-    for (regime, c), series in sorted(curves(rows, plotted[0][0]).items()):
-        gens = sorted(series)
-        first, last = gens[0], gens[-1]
-        entry = {"regime": regime, "contamination": c, "first": first, "last": last}
+    plotted = panels_of(set(cells.table.keys))
+    for cell, series in sorted(cells.by_cell.items()):
+        first, last = min(series), max(series)
+        entry = {"regime": cell[0], "contamination": cell[1], "first": first, "last": last}
         for key, _, _ in plotted:
-            s = curves(rows, key)[(regime, c)]
-            a, b = sum(s[first]) / len(s[first]), sum(s[last]) / len(s[last])
-            entry[key] = (a, b)
+            entry[key] = (float(cells.raw(cell, first, key).mean()), float(cells.raw(cell, last, key).mean()))
         out.append(entry)
     return out
 
@@ -264,12 +323,27 @@ def effect_table(rows: list[dict]) -> list[dict]:
 DETECTION_KEYS = M.WITH_CI
 
 
+def rows_for(table: MetricsTable, metrics: list[str]) -> list[dict]:
+    """The rows with their grid coordinates (extra axes included) and `metrics` with their
+    intervals only: what a per-lineage section needs, not the whole row."""
+    coords = [M.LINEAGE, M.GENERATION, M.REGIME, M.CONTAMINATION, M.SEED]
+    keys = [
+        k for k in table.keys if k in coords or "." in k or any(k in (m, m + M.CI_LO, m + M.CI_HI) for m in metrics)
+    ]
+    return table.rows(keys)
+
+
 def early_warning(
-    rows: list[dict], paired: dict[str, dict[str, PairedDetection]] | None = None
+    data: MetricsTable | list[dict], paired: dict[str, dict[str, PairedDetection]] | None = None
 ) -> tuple[list[tuple[str, float]], dict[str, dict[tuple[str, float], str]]]:
     """metric -> (regime, c) -> "median first-detection generation (detected/lineages)" over the
     seeds and other axes of each contaminated cell (c > 0): first the paired tests (where the
     per-unit values were saved), then the interval-overlap rule for every metric with intervals."""
+    table = as_table(data)
+    detected = [key for key in DETECTION_KEYS if key in table]
+    if not paired and not detected:
+        return [], {}
+    rows = rows_for(table, detected)
     cells = sorted({(r[M.REGIME], r[M.CONTAMINATION]) for r in rows if r[M.CONTAMINATION] > 0})
     lineage_cell = {r[M.LINEAGE]: (r[M.REGIME], r[M.CONTAMINATION]) for r in rows}
 
@@ -282,18 +356,22 @@ def early_warning(
             out[cell] = f"{median if median is not None else '—'} ({len(hits)}/{len(gens)})"
         return out
 
-    table: dict[str, dict] = {}
-    for key, found in (paired or {}).items():
-        table[f"{key} (paired)"] = summarize({name: d.generation for name, d in found.items()})
-    for key in DETECTION_KEYS:
-        if any(key in r for r in rows):
-            table[key] = summarize(first_detection(rows, key))
-    return cells, table
+    found: dict[str, dict] = {}
+    for key, by_lineage in (paired or {}).items():
+        found[f"{key} (paired)"] = summarize({name: d.generation for name, d in by_lineage.items()})
+    for key in detected:
+        found[key] = summarize(first_detection(rows, key))
+    return cells, found
 
 
-def paired_detections(run: RunDir, rows: list[dict]) -> dict[str, dict[str, PairedDetection]]:
+def paired_detections(run: RunDir, data: MetricsTable | list[dict]) -> dict[str, dict[str, PairedDetection]]:
     """metric -> lineage -> paired first detection, for the metrics whose per-unit values the
     units saved (metrics.PAIRED); metrics without them are left out."""
+    table = as_table(data)
+    metrics = [metric for metric in M.PAIRED if metric in table]
+    if not metrics:
+        return {}
+    rows = rows_for(table, metrics)
     specs = {s.name: s for s in run.lineages()}
     loaded: dict[tuple[str, int], dict | None] = {}
 
@@ -308,25 +386,26 @@ def paired_detections(run: RunDir, rows: list[dict]) -> dict[str, dict[str, Pair
 
     seed = derive_seed(run.load_config().study.seed, "paired-tests")
     out = {}
-    for metric, field in M.PAIRED.items():
-        if any(metric in r for r in rows):
-            found = first_detection_paired(rows, metric, values_of(field), seed=seed)
-            if any(d.p_values for d in found.values()):
-                out[metric] = found
+    for metric in metrics:
+        found = first_detection_paired(rows, metric, values_of(M.PAIRED[metric]), seed=seed)
+        if any(d.p_values for d in found.values()):
+            out[metric] = found
     return out
 
 
 RANK_KEYS = (M.PPL_REAL, M.PPL_REAL_P99, M.RARE_NGRAM_RECALL, M.DISTINCT_2, M.EMBED_DIVERSITY)
 
 
-def axis_rankings(rows: list[dict]) -> dict[str, list[str]]:
+def axis_rankings(data: MetricsTable | list[dict]) -> dict[str, list[str]]:
     """For each extra grid axis (e.g. `mitigation.filter`): every (regime, value) pair ranked
     together by final-generation perplexity on held-out real text, over the contaminated lineages
     (mean over seeds and contaminations), so a filter under `replace` competes with plain
     accumulation. The c = 0 lineages of each regime are the collapse-free references. Markdown lines."""
-    axes = sorted({k for r in rows for k in r if "." in k})
-    if not axes or not any(M.PPL_REAL in r for r in rows):
+    table = as_table(data)
+    axes = sorted(k for k in table.keys if "." in k)
+    if not axes or M.PPL_REAL not in table:
         return {}
+    rows = rows_for(table, list(RANK_KEYS))
     last = {}
     for r in rows:
         if r[M.GENERATION] >= last.get(r[M.LINEAGE], {}).get(M.GENERATION, -1):
@@ -450,7 +529,7 @@ def provenance(root: Path) -> list[str]:
 
 
 def markdown(
-    rows: list[dict],
+    data: MetricsTable | list[dict],
     study_name: str,
     failed: dict[str, str],
     reference: dict[str, float] | None = None,
@@ -458,27 +537,29 @@ def markdown(
     header: list[str] | None = None,
     paired: dict[str, dict[str, PairedDetection]] | None = None,
 ) -> str:
+    table = as_table(data)
+    cells = Cells(table)
     lines = [
         f"# Study `{study_name}`",
         "",
         *(header or []),
-        f"{len({r[M.LINEAGE] for r in rows})} lineages, {len(rows)} lineage x generation rows.",
+        f"{lineage_count(table)} lineages, {table.n} lineage x generation rows.",
         "",
     ]
     lines += ["## Change from first to last generation (mean over seeds)", ""]
-    plotted = panels(rows)
+    plotted = panels_of(set(table.keys))
     header = "| regime | c | gens | " + " | ".join(k for k, _, _ in plotted) + " |"
     lines += [header, "|" + "---|" * (3 + len(plotted))]
-    for e in effect_table(rows):
-        cells = []
+    for e in effect_table(cells):
+        changes = []
         for key, _, _ in plotted:
             a, b = e[key]
             change = (
                 f"{(b - a) / abs(a) * 100:+.1f}%" if a and math.isfinite(a) and math.isfinite(b) else f"{b - a:+.3g}"
             )
-            cells.append(f"{a:.3g} → {b:.3g} ({change})")
+            changes.append(f"{a:.3g} → {b:.3g} ({change})")
         lines.append(
-            f"| {e['regime']} | {e['contamination']:g} | {e['first']}→{e['last']} | " + " | ".join(cells) + " |"
+            f"| {e['regime']} | {e['contamination']:g} | {e['first']}→{e['last']} | " + " | ".join(changes) + " |"
         )
     if reference:
         lines += [
@@ -487,8 +568,8 @@ def markdown(
             + ", ".join(f"{k} {v:.3g}" for k, v in reference.items())
             + ".",
         ]
-    cells, warn = early_warning(rows, paired)
-    if cells and warn:
+    warned, warn = early_warning(table, paired)
+    if warned and warn:
         lines += [
             "",
             "## Early warning: generation of first detection",
@@ -505,24 +586,30 @@ def markdown(
             "to the pairing.",
             "",
         ]
-        lines += ["| metric | " + " | ".join(f"{r} c={c:g}" for r, c in cells) + " |", "|" + "---|" * (1 + len(cells))]
+        lines += [
+            "| metric | " + " | ".join(f"{r} c={c:g}" for r, c in warned) + " |",
+            "|" + "---|" * (1 + len(warned)),
+        ]
         for key, by_cell in warn.items():
-            lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in cells) + " |")
-    lines += degenerate_section(rows)
+            lines.append(f"| {key} | " + " | ".join(by_cell[cell] for cell in warned) + " |")
+    lines += degenerate_section(table)
     lines += extra_sections or []
-    for axis, table in axis_rankings(rows).items():
+    for axis, ranked in axis_rankings(table).items():
         lines += [
             "",
             f"## Ranking by `{axis}` (final generation, contaminated lineages)",
             "",
             "Lower perplexity is better; `ref` rows are each regime without synthetic data.",
             "",
-        ] + table
-    first, shown = shown_rows(rows)
-    title = "All rows" if shown is rows else f"Every cell, mean over its seeds (all {len(rows)} rows: `{METRICS_FILE}`)"
+        ] + ranked
+    keys = table_keys(table)
+    first, shown = shown_rows(table, keys)
+    title = (
+        "All rows" if first == "lineage" else f"Every cell, mean over its seeds (all {table.n} rows: `{METRICS_FILE}`)"
+    )
     lines += ["", f"![collapse curves]({PLOT_FILE})", ""]
-    if len({r.get(M.SEED) for r in rows}) > 1:
-        kinds = band_kinds(rows, [key for key, _, _ in plotted])
+    if seed_count(table) > 1:
+        kinds = band_kinds(cells, [key for key, _, _ in plotted])
         lines += [
             "Bands across seeds: "
             + "; ".join(f"`{key}` {BAND_CAPTION[kind]}" for key, kind in kinds.items())
@@ -531,7 +618,6 @@ def markdown(
             "",
         ]
     lines += [f"## {title}", ""]
-    keys = table_keys(rows)
     lines += [f"| {first} | gen | " + " | ".join(keys) + " |", "|" + "---|" * (2 + len(keys))]
     for r in shown:
         lines.append(
@@ -544,10 +630,14 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def degenerate_jumps(rows: list[dict]) -> list[tuple[str, int, float, float]]:
+def degenerate_jumps(data: MetricsTable | list[dict]) -> list[tuple[str, int, float, float]]:
     """(lineage, generation, rate before, rate) where a lineage's degenerate-sample rate rose by at
     least M.DEGENERATE_JUMP in one generation: a decoding bug or a real loop, to look at before
     reading that lineage's curves as collapse."""
+    table = as_table(data)
+    if M.DEGENERATE_RATE not in table:
+        return []
+    rows = table.rows([M.LINEAGE, M.GENERATION, M.DEGENERATE_RATE])
     by_lineage: dict[str, dict[int, float]] = {}
     for r in rows:
         value = r.get(M.DEGENERATE_RATE)
@@ -562,8 +652,8 @@ def degenerate_jumps(rows: list[dict]) -> list[tuple[str, int, float, float]]:
     return out
 
 
-def degenerate_section(rows: list[dict]) -> list[str]:
-    jumps = degenerate_jumps(rows)
+def degenerate_section(data: MetricsTable | list[dict]) -> list[str]:
+    jumps = degenerate_jumps(data)
     if not jumps:
         return []
     lines = [
@@ -580,32 +670,29 @@ def degenerate_section(rows: list[dict]) -> list[str]:
     return lines + [f"| {name} | {k} | {a:.2f} | {b:.2f} |" for name, k, a, b in jumps]
 
 
-def theory_laws(root: Path, rows: list[dict]) -> dict:
+def theory_laws(root: Path, cells: Cells) -> dict:
     """{(regime, c): {metric: exact expectation per generation}} for a theory study whose family
     has exact laws for that cell (engines/laws.py); {} for a language-model study."""
     import json
-
-    import numpy as np
 
     from ..pipeline.theory import TRUTH
 
     run = RunDir(root)
     cfg = run.load_config()
     truth_file = run.data_dir / TRUTH
-    if cfg.model.family == "lm" or not truth_file.is_file() or not rows:
+    if cfg.model.family == "lm" or not truth_file.is_file() or not cells.by_cell:
         return {}
     truth, pool = json.loads(truth_file.read_text()), np.load(run.data_dir / "train.npy")
-    last = max(r[M.GENERATION] for r in rows)
-    cells = sorted({(r[M.REGIME], r[M.CONTAMINATION]) for r in rows if M.REGIME in r})
+    last = max(max(series) for series in cells.by_cell.values())
     out = {}
-    for regime, c in cells:
+    for regime, c in sorted(cells.by_cell):
         law = exact_law(cfg.model.family, truth, pool, rows_per_generation(cfg), regime, c, last)
         if law:
             out[(regime, c)] = law
     return out
 
 
-def law_section(rows: list[dict], laws: dict) -> list[str]:
+def law_section(cells: Cells, laws: dict) -> list[str]:
     """Per cell and metric with an exact law: the largest deviation of the measured mean from the
     law over the generations, in standard errors of the mean across the cell's lineages."""
     if not laws:
@@ -622,20 +709,22 @@ def law_section(rows: list[dict], laws: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (regime, c), by_key in sorted(laws.items()):
-        cell = [r for r in rows if r.get(M.REGIME) == regime and r.get(M.CONTAMINATION) == c]
+        series = cells.by_cell.get((regime, c), {})
         for key, law in by_key.items():
             worst, at, n, last_mean = 0.0, 0, 0, float("nan")
             # Where every lineage has the same value (all 30 categories alive, no mass lost) the spread
             # says nothing: the standard error is then that of one lineage differing by the smallest
             # non-zero value the metric takes in the cell (a count's smallest count, a mass's smallest
             # lost category), a conservative stand-in for its resolution.
-            step = min((abs(r[key]) for r in cell if key in r and math.isfinite(r[key]) and r[key]), default=0.0)
+            finite = {g: v[np.isfinite(v)] for g in series for v in [cells.raw((regime, c), g, key)]}
+            nonzero = [np.abs(v[v != 0]) for v in finite.values()]
+            step = min((float(v.min()) for v in nonzero if len(v)), default=0.0)
             for g, expected in enumerate(law):
-                values = [r[key] for r in cell if r[M.GENERATION] == g and key in r and math.isfinite(r[key])]
+                values = finite.get(g, np.zeros(0))
                 if len(values) < 2:
                     continue
-                n, mean = len(values), sum(values) / len(values)
-                sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                n, mean = len(values), float(values.mean())
+                sd = float(values.std(ddof=1))
                 se = (sd if sd > 0 else step) / math.sqrt(len(values))
                 if se == 0:
                     continue
@@ -650,21 +739,27 @@ def law_section(rows: list[dict], laws: dict) -> list[str]:
     return lines
 
 
-def write_report(root: str | Path, failed: dict[str, str] | None = None, rows: list[dict] | None = None) -> list[dict]:
-    """The plot and report.md; `rows`: metrics.jsonl's rows when the caller has them in memory."""
+def write_report(
+    root: str | Path, failed: dict[str, str] | None = None, rows: list[dict] | None = None
+) -> MetricsTable:
+    """The plot and report.md, from metrics.jsonl as columns (`rows`: its rows, when the caller has
+    them in memory); returns the table."""
     root = Path(root)
     run = RunDir(root)
-    rows = read_metrics(root) if rows is None else rows
+    if rows is None and not (root / METRICS_FILE).is_file():
+        read_metrics(root)  # one line: no metrics.jsonl, run or resume first
+    table = run.metrics_table() if rows is None else MetricsTable.from_rows(rows)
+    cells = Cells(table)
     name = run.load_config().study.name
     reference = real_reference(root)
-    laws = theory_laws(root, rows) if rows else {}
-    if rows:
-        plot(rows, root / PLOT_FILE, reference, laws)
+    laws = theory_laws(root, cells) if table.n else {}
+    if table.n:
+        plot(table, root / PLOT_FILE, reference, laws)
     search = run.search_events()
     if search:
         plot_search(search, root / SEARCH_PLOT_FILE)
-    paired = paired_detections(run, rows) if rows else {}
-    sections = law_section(rows, laws) + search_section(search)
-    text = markdown(rows, name, failed or {}, reference, sections, provenance(root), paired)
+    paired = paired_detections(run, table) if table.n else {}
+    sections = law_section(cells, laws) + search_section(search)
+    text = markdown(table, name, failed or {}, reference, sections, provenance(root), paired)
     write_text_atomic(root / REPORT_FILE, text)
-    return rows
+    return table
