@@ -65,12 +65,16 @@ class PeakRss:
         return self.peak_mb
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, int]:
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one command, a fresh process as a user runs it."""
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[3:6])} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return time.perf_counter() - t0, done.returncode
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rss = PeakRss(proc.pid, every_s=0.05)
+    _, err = proc.communicate()
+    seconds, peak = time.perf_counter() - t0, rss.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[3:6])} failed ({proc.returncode}): {err[-2000:]}")
+    return seconds, peak
 
 
 def science_per_unit(generations: int, seeds: int, sample_lineages: int = 24) -> float:
@@ -107,7 +111,8 @@ def run_size(units: int, executor: str, generations: int, work: Path, env: dict)
     # the wall time is the study's fixed cost (start-up, data preparation, the final report).
     marginal = (finished[-1] - finished[0]) / max(1, done - 1)
     status_s, _ = timed([*CLI, "status", str(out)], env)
-    report_s, _ = timed([*CLI, "report", str(out)], env)
+    report_s, report_rss = timed([*CLI, "report", str(out)], env)
+    metrics_mb = (out / "metrics.jsonl").stat().st_size / 2**20
     science = science_per_unit(generations, seeds)
     slots = int(os.cpu_count() or 1)
     row = {
@@ -123,6 +128,8 @@ def run_size(units: int, executor: str, generations: int, work: Path, env: dict)
         "driver_peak_rss_mb": round(peak),
         "status_s": round(status_s, 2),
         "report_s": round(report_s, 2),
+        "report_peak_rss_mb": round(report_rss),
+        "metrics_jsonl_mb": round(metrics_mb, 1),
     }
     shutil.rmtree(out, ignore_errors=True)
     return row
@@ -186,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{executor:9s} {row['units']:>7d} units: {row['wall_s']:7.1f} s = {row['fixed_s']:.1f} s fixed + "
                 f"{row['marginal_per_unit_ms']:.2f} ms/unit (science {row['science_per_unit_ms']:.3f} ms), driver "
-                f"peak {row['driver_peak_rss_mb']} MB, status {row['status_s']:.2f} s, report {row['report_s']:.2f} s",
+                f"peak {row['driver_peak_rss_mb']} MB, status {row['status_s']:.2f} s, report {row['report_s']:.2f} s "
+                f"(peak {row['report_peak_rss_mb']} MB)",
                 flush=True,
             )
     for executor in args.executors:

@@ -145,6 +145,42 @@ def scoring_line() -> str:
     )
 
 
+def scale_table() -> str:
+    """benchmarks.scale: scale.json (10^3, 10^4, both executors) and scale_100k.json (10^5)."""
+    runs = [*_results("scale")["runs"], *_results("scale_100k")["runs"]]
+    label = {"processes": "worker processes", "ray": "Ray (`--ray`)"}
+    lines = [
+        "| executor | units | wall | fixed | per unit | framework per unit | driver peak RSS | `status` | `report` "
+        "| `report` peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["executor"] != "processes", r["units"])):
+        rss = f"{r['report_peak_rss_mb']} MB" if "report_peak_rss_mb" in r else "—"
+        lines.append(
+            f"| {label[r['executor']]} | {r['units']:,} | {r['wall_s']:.1f} s | {r['fixed_s']:.1f} s | "
+            f"{r['marginal_per_unit_ms']:.2f} ms | {r['framework_per_unit_ms']:.2f} ms | "
+            f"{r['driver_peak_rss_mb']} MB | {r['status_s']:.2f} s | {r['report_s']:.2f} s | {rss} |"
+        )
+    for executor in ("processes", "ray"):
+        costs = [r["marginal_per_unit_ms"] for r in runs if r["executor"] == executor]
+        sizes = sorted(r["units"] for r in runs if r["executor"] == executor)
+        if len(costs) > 1:
+            lines.append(
+                f"\nPer-unit cost across sizes, {label[executor]}: max/min {max(costs) / min(costs):.2f} "
+                f"({sizes[0]:,} to {sizes[-1]:,} units)."
+            )
+    return "\n".join(lines)
+
+
+def scale_io_line() -> str:
+    io = _results("scale_100k")["io_per_unit"]
+    return (
+        f"Averaged over a whole small study, data preparation, metrics columns and the report included: "
+        f"{io['files_per_unit']:.1f} files, {io['fsyncs_per_unit']:.1f} fsyncs and {io['renames_per_unit']:.1f} "
+        f"renames per unit."
+    )
+
+
 RENDERERS = {
     "scoring": scoring_line,
     "precision-study": precision_study_block,
@@ -152,6 +188,8 @@ RENDERERS = {
     "precision": precision_table,
     "eval-share": eval_share_table,
     "vllm-repro": vllm_repro_table,
+    "scale": scale_table,
+    "scale-io": scale_io_line,
 }
 
 

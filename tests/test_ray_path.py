@@ -137,7 +137,9 @@ def ray_harness(tmp_path_factory):
     "kind, where",
     [
         ("head", 0.5),  # the whole cluster lost mid-study: the driver ends on its own; a new cluster resumes
-        ("driver-term", 0.4),  # SIGTERM to the driver: one line, the scheduler goes on, resume re-attaches
+        # SIGTERM to the driver: one line, the scheduler goes on, resume re-attaches. Slow: on a CLI cluster it
+        # repeats what tests/test_resume.py's driver-kill test checks on a local one (CI's time budget).
+        pytest.param("driver-term", 0.4, marks=pytest.mark.slow),
     ],
 )
 def test_the_ray_fault_harness_recovers_exactly(ray_harness, kind, where):

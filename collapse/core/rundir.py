@@ -424,6 +424,11 @@ class RunDir:
                 files.update({f"{d.name}/{n}": r for n, r in record_files(d).items()})
         write_json_atomic(self.root / PREPARED, {"files": files})
 
+    def prepared_inputs(self) -> dict[str, dict]:
+        """prepared.json's record, file -> {size, sha256} ({} before the data are prepared)."""
+        path = self.root / PREPARED
+        return read_json(path).get("files", {}) if path.is_file() else {}
+
     def prepared_problems(self, only: tuple[str, ...] = ("",)) -> list[tuple[str, str]]:
         """(file, what is wrong) in tokenizer/ and data/ against prepared.json (every checksum);
         `only`: the files whose names start with one of these (what a reader needs)."""

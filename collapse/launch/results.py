@@ -24,7 +24,7 @@ from typing import Any
 from ..core import metrics as M
 from ..core.config import Config, ConfigError
 from ..core.plan import LineageSpec
-from ..core.rundir import CORPUS_DIR, MODEL_DIR, PREPARED, STUDY_FILE, RunDir, read_metrics
+from ..core.rundir import CORPUS_DIR, MODEL_DIR, STUDY_FILE, RunDir, read_metrics
 from ..core.storage import is_remote, local_run_dir, pull_into
 
 IDENTITY_COLUMNS = (M.LINEAGE, M.REGIME, M.CONTAMINATION, M.SEED)  # then the extra grid axes, then GENERATION
@@ -128,8 +128,7 @@ class Study:
         """What makes the study what it is: its name, uid, scientific identity version, code and
         library versions (manifest.json), and the checksums of its prepared inputs."""
         manifest = self.run.manifest()
-        prepared = self.root / PREPARED
-        files = json.loads(prepared.read_text()).get("files", {}) if prepared.is_file() else {}
+        files = self.run.prepared_inputs()
         return {
             "study": self.config.study.name,
             "uid": manifest.get("uid"),
