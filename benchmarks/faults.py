@@ -53,7 +53,7 @@ from collapse.core.rundir import DONE, TRAIN_META, RunDir
 from collapse.core.storage import cache_dir_for
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "collapse.launch.cli"]
+CLI = [sys.executable, "-m", "collapse.cli.main"]
 KINDS = (
     "sigkill",
     "sigterm",

@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import write_results
+from collapse.cli.report import paired_detections
 from collapse.core import metrics as M
 from collapse.core.rundir import RunDir, read_metrics
-from collapse.launch.report import paired_detections
 
 FP32 = ["train.precision=fp32", "sample.precision=fp32", "eval.precision=fp32"]
 # Held-out metrics score the same real sequences in both runs; sample metrics score each run's own
@@ -33,7 +33,7 @@ COMPARED = HELD_OUT + SAMPLED
 
 
 def run(config: str, overrides: list[str], out: Path) -> None:
-    args = [sys.executable, "-m", "collapse.launch.cli", "run", config, "--out", str(out)]
+    args = [sys.executable, "-m", "collapse.cli.main", "run", config, "--out", str(out)]
     subprocess.run(args + [a for o in overrides for a in ("--set", o)], check=True)
 
 

@@ -33,7 +33,7 @@ from benchmarks.common import write_results
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "theory" / "gaussian.yaml"
 CELLS = 6  # 3 contaminations x 2 regimes
-CLI = [sys.executable, "-m", "collapse.launch.cli"]
+CLI = [sys.executable, "-m", "collapse.cli.main"]
 
 
 def study_args(units: int, generations: int) -> tuple[list[str], int]:
@@ -139,7 +139,7 @@ def io_per_unit(work: Path, generations: int = 4) -> dict:
     """Files and fsyncs per unit, counted on a small study run in this process (--local)."""
     import collections
 
-    from collapse.launch.cli import main
+    from collapse.cli.main import main
 
     counts = collections.Counter()
     real_fsync, real_replace = os.fsync, os.replace

@@ -38,7 +38,7 @@ def study_overrides(lineages: int, generations: int) -> list[str]:
 
 def run_collapse(out: Path, overrides: list[str], local: bool = False) -> float:
     """Wall seconds of `collapse run` from spawning the process to its exit."""
-    cmd = [sys.executable, "-m", "collapse.launch.cli", "run", "configs/debug.yaml", "--out", str(out), *overrides]
+    cmd = [sys.executable, "-m", "collapse.cli.main", "run", "configs/debug.yaml", "--out", str(out), *overrides]
     log = out.with_suffix(".log")
     t = time.time()
     with open(log, "w") as f:  # a file, not a pipe: the main process's exit, not the last holder of the pipe

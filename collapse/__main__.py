@@ -1,5 +1,5 @@
 """`python -m collapse ...` is the same as the `collapse` command."""
 
-from .launch.cli import entry
+from .cli.main import entry
 
 entry()

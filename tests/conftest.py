@@ -48,7 +48,7 @@ def small_corpus(tmp_path_factory) -> Path:
 
 
 # The command line a user types, as a subprocess argv prefix: `collapse ...` in this environment.
-CLI = [sys.executable, "-m", "collapse.launch.cli"]
+CLI = [sys.executable, "-m", "collapse.cli.main"]
 
 
 def set_args(overrides: list[str]) -> list[str]:

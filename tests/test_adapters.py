@@ -10,11 +10,11 @@ import torch
 
 pytest.importorskip("peft")
 
+from collapse.cli.main import main  # noqa: E402
 from collapse.core.config import ModelConfig, TrainConfig  # noqa: E402
 from collapse.engines.adapters import merge_lora, trainable_parameters, uses_adapter, wrap_lora  # noqa: E402
 from collapse.engines.model import build_model  # noqa: E402
 from collapse.engines.torch_engine import TorchEngine  # noqa: E402
-from collapse.launch.cli import main  # noqa: E402
 
 from .conftest import CONFIGS, set_args, tiny_overrides  # noqa: E402
 

@@ -42,11 +42,11 @@ def _tree_with(tmp_path: Path, edits: dict[str, str]) -> Path:
 @pytest.mark.parametrize(
     "edits",
     [
-        {"core/seeding.py": "from ..launch import report  # noqa"},  # core -> launch
+        {"core/seeding.py": "from ..cli import report  # noqa"},  # core -> cli
         {"engines/watermark.py": "from ..pipeline import unit  # noqa"},  # engines -> pipeline
         {"core/stats.py": "from . import rundir  # noqa", "core/rundir.py": "from . import stats  # noqa"},  # a cycle
     ],
-    ids=["upward-core-to-launch", "upward-engines-to-pipeline", "cycle-in-core"],
+    ids=["upward-core-to-cli", "upward-engines-to-pipeline", "cycle-in-core"],
 )
 def test_the_contract_catches_an_upward_import_or_a_cycle(tmp_path, edits):
     proc = _lint_imports(_tree_with(tmp_path, edits))
@@ -64,7 +64,7 @@ def test_code_is_ruff_clean_and_formatted():
 def test_engine_never_imports_the_scheduler_or_the_cli():
     code = (
         "import sys, collapse.pipeline.unit; "
-        "print(sorted(m for m in sys.modules if m.startswith(('collapse.cluster', 'collapse.launch'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('collapse.cluster', 'collapse.cli'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from collapse.launch.cli import EXIT_CONFIG, main
+from collapse.cli.main import EXIT_CONFIG, main
 
 from .conftest import CLI, CONFIGS, set_args, tiny_overrides
 

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
+from collapse.cli.main import main
 from collapse.core.columns import COLUMNS_FILE, MetricsTable, load_table
 from collapse.core.rundir import METRICS_FILE, RunDir, read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS
 
@@ -69,9 +69,9 @@ def test_a_study_writes_its_columns_and_status_and_report_read_them(tmp_path, ca
     """A theory study with enough lineages to aggregate: the columns file mirrors metrics.jsonl
     (rewritten as the file doubles during the session, each time matching its bytes); status and
     report agree with the rows; a report from columns equals one from the rows."""
+    from collapse.cli.report import markdown
+    from collapse.cli.status import snapshot
     from collapse.cluster import progress
-    from collapse.launch.report import markdown
-    from collapse.launch.status import snapshot
 
     written = []
     write = RunDir.write_metrics_columns

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from collapse.cli.main import EXIT_CONFIG, main
 from collapse.core.config import Config, ConfigError, load_config, parse_override, validate
-from collapse.launch.cli import EXIT_CONFIG, main
 
 from .conftest import CLI, CONFIGS, REPO, set_args
 

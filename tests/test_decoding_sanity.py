@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from collapse.cli.report import degenerate_jumps, degenerate_section
 from collapse.core import metrics as M
 from collapse.core.config import ModelConfig, TrainConfig
 from collapse.engines.corpus import load_documents
@@ -24,7 +25,6 @@ from collapse.engines.model import build_model, save_model_dir
 from collapse.engines.sampling import SampleParams
 from collapse.engines.tokenizer import train_bpe
 from collapse.engines.torch_engine import TorchEngine
-from collapse.launch.report import degenerate_jumps, degenerate_section
 
 ROWS, NEW = 256, 32
 Z_MAX = 4.0  # per statistic: a false alarm at |z| > 4 has probability 6e-5

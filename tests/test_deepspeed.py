@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from collapse.cli.main import main
 from collapse.core.config import ModelConfig, SampleConfig, TrainConfig
 from collapse.core.metrics import frequency_buckets
 from collapse.core.rundir import read_metrics
@@ -22,7 +23,6 @@ from collapse.engines.sampling import sample_rows
 from collapse.engines.tokenizer import train_bpe
 from collapse.engines.torch_engine import TorchEngine
 from collapse.engines.workers import DistributedSampler, InitSpec, WorkerGroup
-from collapse.launch.cli import main
 
 from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides
 

@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 
+from collapse.cli.main import main
+from collapse.cli.results import open_study
 from collapse.core import metrics as M
 from collapse.core.rundir import EVAL_SAMPLES, read_metrics
 from collapse.engines.model import load_model
 from collapse.engines.samplers import build_sampler
 from collapse.engines.sampling import sample_rows
-from collapse.launch.cli import main
-from collapse.launch.results import open_study
 from collapse.pipeline import stages
 
 from .conftest import CONFIGS, set_args, tiny_overrides

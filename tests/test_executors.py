@@ -9,8 +9,8 @@ import time
 
 import psutil
 
+from collapse.cli.main import main
 from collapse.core.rundir import RunDir, read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CLI, CONFIGS, popen_study, set_args, tiny_overrides, wait_for, without_timings
 

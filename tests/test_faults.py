@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 
+from collapse.cli.main import main
 from collapse.core.config import ConfigError
 from collapse.core.rundir import RunDir, read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides, wait_for, without_timings
 

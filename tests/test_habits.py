@@ -13,8 +13,8 @@ import sys
 import pytest
 import yaml
 
+from collapse.cli.main import EXIT_CONFIG, main
 from collapse.core.rundir import read_metrics
-from collapse.launch.cli import EXIT_CONFIG, main
 
 from .conftest import CLI, CONFIGS, REPO, set_args, tiny_overrides, without_timings
 
@@ -23,7 +23,7 @@ from .conftest import CLI, CONFIGS, REPO, set_args, tiny_overrides, without_timi
 
 def test_version_and_help_without_importing_torch():
     code = (
-        "import sys\nfrom collapse.launch.cli import main\n"
+        "import sys\nfrom collapse.cli.main import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
@@ -167,7 +167,7 @@ def test_plain_log_lines_without_a_terminal_extend_a_study_and_load_every_genera
 
 
 def test_figure_layout_has_no_overlaps_integer_ticks_and_one_legend():
-    from collapse.launch.report import collapse_figure
+    from collapse.cli.report import collapse_figure
 
     rows = []
     for regime in ("replace", "accumulate"):

@@ -134,7 +134,7 @@ def test_gaussian_mean_log_variance_follows_the_digamma_law():
 def test_the_categorical_study_reports_its_exact_laws_and_stays_within_them(tmp_path):
     """`collapse run configs/theory/categorical.yaml` (smaller): the report draws and tables the exact
     laws, and every cell's measured mean stays within 4 standard errors of them."""
-    from collapse.launch.cli import main
+    from collapse.cli.main import main
 
     from .conftest import CONFIGS
 

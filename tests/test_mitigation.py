@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from collapse.cli.main import main
 from collapse.core import metrics as M
 from collapse.core.config import Config
 from collapse.core.plan import corpus_size
@@ -17,7 +18,6 @@ from collapse.engines.hf_sampler import HFSampler
 from collapse.engines.mitigation import apply_filter, verified_order
 from collapse.engines.sampling import SampleParams
 from collapse.engines.watermark import Watermark
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS, set_args, tiny_overrides
 

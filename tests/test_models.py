@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from collapse.cli.main import main
 from collapse.core.rundir import read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS, set_args, tiny_overrides
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from collapse.cli.main import main
 from collapse.cluster.sizing import Assumptions, build_plan, parameter_count
 from collapse.core.config import Config
 from collapse.engines.model import build_model
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS
 

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from benchmarks.ray_cluster import CliCluster
+from collapse.cli.main import main
 from collapse.cluster.scheduler import WRAP_UP_S
 from collapse.core.checkpoint import is_locked, lock_path
 from collapse.core.rundir import read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CLI, CONFIGS, set_args, tiny_overrides, wait_for, without_timings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from collapse.cli.main import main
 from collapse.core.rundir import read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS, set_args, tiny_overrides
 

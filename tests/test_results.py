@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 import collapse
+from collapse.cli.main import main
 from collapse.core import metrics as M
 from collapse.core.rundir import read_metrics
 from collapse.core.stats import BAND_LOG, BAND_PERCENTILE, BAND_T, band, band_kind
-from collapse.launch.cli import main
 
 from .conftest import CLI, CONFIGS, set_args, tiny_overrides
 
@@ -117,7 +117,7 @@ def test_export_round_trips_every_value_with_provenance_in_the_parquet(studies, 
 
 
 def test_compare_finds_the_difference_the_reports_show_and_nothing_against_itself(studies, tmp_path):
-    from collapse.launch.compare import compare
+    from collapse.cli.compare import compare
 
     base, capped = collapse.open_study(str(studies / "base")), collapse.open_study(str(studies / "capped"))
     result = compare(base, capped, [M.PPL_REAL])

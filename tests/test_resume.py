@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from collapse.cli.main import main
 from collapse.core.rundir import read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CLI, CONFIGS, kill_session, popen_study, set_args, tiny_overrides, wait_for, without_timings
 

@@ -8,11 +8,11 @@ import math
 
 import pytest
 
+from collapse.cli.main import main
 from collapse.cluster.search import ThresholdSearch
 from collapse.core.config import ConfigError, load_config
 from collapse.core.plan import LineageSpec
 from collapse.core.rundir import SEARCH_FILE, read_metrics
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS
 

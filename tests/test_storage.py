@@ -9,9 +9,9 @@ import shutil
 import fsspec
 import pytest
 
+from collapse.cli.main import main
 from collapse.core.rundir import read_metrics
 from collapse.core.storage import cache_dir_for
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS, set_args, tiny_overrides
 

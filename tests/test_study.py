@@ -9,10 +9,10 @@ import os
 import datasets
 import pytest
 
+from collapse.cli.main import main
 from collapse.core import metrics as M
 from collapse.core.rundir import MANIFEST_FILE, RunDir, read_metrics
 from collapse.core.tracking import STUDY_RUN, wandb_run_id
-from collapse.launch.cli import main
 
 from .conftest import CONFIGS, set_args, tiny_overrides
 
@@ -237,8 +237,8 @@ def test_run_joins_an_existing_multi_node_cluster(small_corpus, tmp_path):
 
 def test_status_grid_reports_done_running_failed_queued(small_corpus, tmp_path, capsys):
     """`collapse status`: states come from markers and from live locks (a held unit lock = running)."""
+    from collapse.cli.status import snapshot
     from collapse.core.checkpoint import exclusive, lock_path
-    from collapse.launch.status import snapshot
 
     out = tmp_path / "run"
     overrides = tiny_overrides(

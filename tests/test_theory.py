@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from collapse.cli.main import main
 from collapse.core import metrics as M
 from collapse.core.config import Config
 from collapse.engines.families import one_generation_error
-from collapse.launch.cli import main
 from collapse.pipeline.theory import simulate_lineage
 
 from .conftest import CONFIGS

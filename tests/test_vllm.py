@@ -131,7 +131,7 @@ def _corpus_meta(out) -> dict:
 def test_vllm_study_in_worker_processes_and_in_ray_actors_gives_the_same_metrics(ray_session, small_corpus, tmp_path):
     """The same study twice: worker processes (a `collapse` process), then Ray lineage actors (this
     process holds a Ray session): vLLM runs in both, leaves nothing behind, and fp32 reproduces."""
-    from collapse.launch.cli import main
+    from collapse.cli.main import main
 
     out = tmp_path / "processes"
     cmd = _vllm_study(small_corpus) + ["--out", str(out)]
