@@ -22,10 +22,35 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import write_results
-from collapse.core.rundir import RunDir
+from collapse.core import metrics as M
+from collapse.core.rundir import RunDir, read_metrics
 
 STAGES = ("train_s", "sample_s", "eval_s")
 EVAL_PARTS = ("eval_real_s", "eval_sampling_s", "eval_sample_metrics_s", "eval_gen0_s")  # = stages.EVAL_PARTS
+# The curves the docs quote (docs/getting-started.md renders them): every lineage's value per generation.
+CURVES = (
+    M.PPL_REAL,
+    M.PPL_REAL_P99,
+    M.LOSS_TAIL,
+    M.DISTINCT_2,
+    M.VENDI_SCORE,
+    M.EMBED_DIVERSITY,
+    M.KNN_RECALL,
+    M.TRAIN_LOSS,
+)
+
+
+def curves(run_dir: Path) -> dict:
+    """lineage -> its grid point and each CURVES metric by generation (None where a row lacks it)."""
+    out: dict[str, dict] = {}
+    for row in read_metrics(run_dir):
+        entry = out.setdefault(
+            row["lineage"],
+            {"regime": row["regime"], "contamination": row["contamination"], "seed": row["seed"], "metrics": {}},
+        )
+        for key in CURVES:
+            entry["metrics"].setdefault(key, []).append(row.get(key))
+    return out
 
 
 def analyse(run_dir: Path) -> dict:
@@ -55,6 +80,7 @@ def analyse(run_dir: Path) -> dict:
     rows = {key[:-2]: value for key, value in sums.items()}
     rows["orchestration_and_idle"] = slot_seconds - sum(sums.values())
     return {
+        "git_commit": json.loads((run_dir / "manifest.json").read_text()).get("git_commit"),
         "wall_s": session["seconds"],
         "slots": session["slots"],
         "units": len(per_unit),
@@ -67,6 +93,7 @@ def analyse(run_dir: Path) -> dict:
         "eval_samples_from": eval_from,
         "peak_rss_mb": max((u["peak_rss_mb"] or 0 for u in per_unit.values()), default=None),
         "per_unit": dict(sorted(per_unit.items())),
+        "curves": curves(run_dir),
     }
 
 

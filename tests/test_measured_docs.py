@@ -1,16 +1,31 @@
-"""The README's measured tables are rendered from benchmarks/results (scripts/render_measured.py):
-a number typed by hand, or a results file changed without re-rendering, fails here."""
+"""Every measured number in README.md and docs/ is rendered from benchmarks/results (scripts/render_docs.py):
+a number typed by hand, or a results file changed without re-rendering, fails here. The debug study's
+committed result is exact: a rerun of the same code gives every curve to the last digit."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
-from .conftest import REPO
+import pytest
+
+from .conftest import CLI, CONFIGS, REPO
 
 
-def test_readme_measured_blocks_match_the_results_files():
+def test_measured_and_generated_blocks_match_their_sources():
     done = subprocess.run(
-        [sys.executable, "scripts/render_measured.py", "--check"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "scripts/render_docs.py", "--check"], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_debug_study_reproduces_its_committed_result(tmp_path):
+    """`collapse run configs/debug.yaml` (about 4 min on 2 cores) against benchmarks/results/study_debug.json."""
+    from benchmarks.study import curves
+
+    out = tmp_path / "debug"
+    subprocess.run([*CLI, "run", str(CONFIGS / "debug.yaml"), "--out", str(out)], check=True, capture_output=True)
+    committed = json.loads((REPO / "benchmarks" / "results" / "study_debug.json").read_text())["results"]["curves"]
+    assert curves(out) == committed

@@ -182,18 +182,18 @@ def test_bands_never_show_impossible_values():
             assert min(values) <= lo <= hi <= max(values)
 
 
-def test_the_readme_example_runs_on_a_finished_study(studies, tmp_path, monkeypatch):
-    """The README's notebook-style example, as written, against a finished study."""
+def test_the_docs_example_runs_on_a_finished_study(studies, tmp_path, monkeypatch):
+    """docs/results.md's notebook-style example, as written, against a finished study."""
     import contextlib
     import io
     import re
 
-    readme = (CONFIGS.parent / "README.md").read_text()
-    code = re.search(r"## Results as data.*?```python\n(.*?)```", readme, re.S).group(1)
+    page = (CONFIGS.parent / "docs" / "results.md").read_text()
+    code = re.search(r"# Results as data.*?```python\n(.*?)```", page, re.S).group(1)
     assert 'collapse.open_study("runs/debug")' in code
     monkeypatch.setenv("COLLAPSE_CACHE", str(tmp_path / "cache"))
     for where in (str(studies / "base"), (studies / "base").as_uri()):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            exec(code.replace('"runs/debug"', repr(where)), {})  # noqa: S102 - the README's own code
+            exec(code.replace('"runs/debug"', repr(where)), {})  # noqa: S102 - the docs' own code
         assert "ppl_real" in out.getvalue() and "48" in out.getvalue()

@@ -9,6 +9,8 @@ from .base import WANDB_MODES, WandbMode, doc, require
 
 @dataclass
 class ResourcesConfig:
+    """What each lineage (or training worker) runs on, and how failures are retried."""
+
     cpu: int = doc("CPUs (and torch threads) per lineage actor, or per training worker with deepspeed.", default=1)
     gpu: float = doc(
         "GPUs per lineage (torch engine) or per training worker (deepspeed): 1, or a fraction 1/n (0.5, 0.25, "
@@ -41,6 +43,8 @@ class ResourcesConfig:
 
 @dataclass
 class TrackingConfig:
+    """Weights & Biases: one run per lineage, offline by default."""
+
     wandb: WandbMode = doc(f"W&B mode, one of {list(WANDB_MODES)}; offline needs no account.", default="offline")
     project: str = doc("W&B project.", default="collapse")
     entity: str | None = doc("W&B entity (team); None = your default.", default=None)

@@ -10,6 +10,8 @@ from .base import REGIMES, STUDY_WIDE, Regime, SearchMethod, doc, require
 
 @dataclass
 class StudyConfig:
+    """The study itself: its name (the run dir and W&B group), seed and last generation."""
+
     name: str = doc("Study name: default output dir `runs/<name>`, W&B group.", default="study")
     seed: int = doc("Study seed; every random draw is derived from (seed, lineage, generation).", default=0)
     generations: int = doc(
@@ -27,6 +29,8 @@ class StudyConfig:
 
 @dataclass
 class GridConfig:
+    """The grid of lineages: contamination x regime x seed x any other config key."""
+
     contamination: list[float] = doc(
         "Fractions c of each generation's new training tokens that are synthetic.", default_factory=lambda: [0.0, 1.0]
     )
@@ -58,6 +62,8 @@ class GridConfig:
 
 @dataclass
 class SearchConfig:
+    """The contamination search: lineages placed by bisection instead of a fixed grid."""
+
     method: SearchMethod = doc(
         "`threshold`: bisect for the smallest contamination whose `metric` rises by `rise` (relative to generation 0) "
         "by `at_generation`, per (regime, seed, other axes); lineages at c = lo and hi start it. `none`: the "

@@ -1,10 +1,12 @@
-"""Render the README's measured tables from benchmarks/results/*.json, so no measured number is typed.
+"""Render every measured number and generated table in README.md and docs/, so none is typed.
 
-    python scripts/render_measured.py          # rewrite every block in README.md
-    python scripts/render_measured.py --check  # exit 1 if a block differs from what the files give
+    python scripts/render_docs.py          # rewrite every block in README.md and docs/*.md
+    python scripts/render_docs.py --check  # exit 1 if a block differs from what the files give
 
-A block is the text between `<!-- measured:NAME -->` and `<!-- /measured:NAME -->`; RENDERERS says
-what fills each. tests/test_measured_docs.py runs --check.
+A block is the text between `<!-- measured:NAME -->` and `<!-- /measured:NAME -->` (numbers from
+benchmarks/results/*.json) or `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` (the
+configuration reference, from the config dataclasses). RENDERERS says what fills each; every one
+must appear somewhere. tests/test_measured_docs.py runs --check.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, whatever an editable install points at
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+BLOCK = re.compile(r"(<!-- (measured|generated):([\w-]+) -->\n)(?:.*?\n)?(<!-- /\2:\3 -->)", re.S)
 
 
 def _results(name: str) -> dict:
@@ -181,6 +185,75 @@ def scale_io_line() -> str:
     )
 
 
+def _debug() -> dict:
+    return _results("study_debug")
+
+
+def _change(first: float, last: float) -> str:
+    return f"{first:.0f} → {last:.0f} ({(last - first) / first:+.0%})"
+
+
+def debug_study_table() -> str:
+    """Mean held-out perplexity, generation 0 -> G, per regime and c: the debug study's result."""
+    lineages = _debug()["curves"].values()
+    regimes = list(dict.fromkeys(lin["regime"] for lin in lineages))
+    cs = sorted({lin["contamination"] for lin in lineages})
+    lines = ["| regime | " + " | ".join(f"c = {c:g}" for c in cs) + " |", "|---" * (len(cs) + 1) + "|"]
+    for regime in regimes:
+        cells = []
+        for c in cs:
+            ppl = [
+                lin["metrics"]["ppl_real"] for lin in lineages if lin["regime"] == regime and lin["contamination"] == c
+            ]
+            first = sum(p[0] for p in ppl) / len(ppl)
+            last = sum(p[-1] for p in ppl) / len(ppl)
+            cells.append(_change(first, last))
+        lines.append(f"| {regime} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _lineage(regime: str, c: float) -> dict:
+    return next(
+        lin["metrics"] for lin in _debug()["curves"].values() if lin["regime"] == regime and lin["contamination"] == c
+    )
+
+
+def debug_study_run() -> str:
+    r = _debug()
+    split = {k: v["seconds"] for k, v in r["split"].items()}
+    eval_split = r["eval_split"]
+    return (
+        f"Measured at commit `{r['git_commit'][:7]}`: {r['wall_s']:.0f} s wall time on {r['slots']} slots, "
+        f"{r['units']} generation units. Of the {r['slot_seconds']:.0f} slot-seconds, training took "
+        f"{split['train']:.0f}, evaluation {split['eval']:.0f} "
+        f"({eval_split['eval_sample_metrics']['share_of_eval']:.0%} "
+        f"of it the sample metrics, mostly MiniLM embeddings of the samples; held-out scoring "
+        f"{eval_split['eval_real']['seconds']:.0f} s in all), sampling {split['sample']:.0f}, and start-up, "
+        f"orchestration and idle slots {split['orchestration_and_idle']:.0f}."
+    )
+
+
+def debug_study_tails() -> str:
+    full, half = _lineage("replace", 1.0), _lineage("replace", 0.5)
+    real_free = _lineage("accumulate", 0.0)
+    return (
+        f"At replace, c = 1, generation 0 → {len(full['ppl_real']) - 1}: p99 per-sequence perplexity "
+        f"{_change(full['ppl_real_p99'][0], full['ppl_real_p99'][-1])}; loss on the rarest tokens "
+        f"{full['loss_tail'][0]:.2f} → {full['loss_tail'][-1]:.2f} nats; distinct-2 {full['distinct_2'][0]:.3f} → "
+        f"{full['distinct_2'][-1]:.3f} (c = 0.5: {half['distinct_2'][-1]:.3f}); Vendi score "
+        f"{full['vendi_score'][0]:.1f} → {full['vendi_score'][-1]:.1f}; mean pairwise embedding distance "
+        f"{full['embed_diversity'][0]:.2f} → {full['embed_diversity'][-1]:.2f}; k-NN recall against real text "
+        f"{full['knn_recall'][0]:.2f} → {full['knn_recall'][-1]:.2f}. The fresh-data control (accumulate, c = 0): "
+        f"distinct-2 {real_free['distinct_2'][0]:.3f} → {real_free['distinct_2'][-1]:.3f}."
+    )
+
+
+def config_reference() -> str:
+    from collapse.core.config import reference_markdown
+
+    return reference_markdown().rstrip("\n")
+
+
 RENDERERS = {
     "scoring": scoring_line,
     "precision-study": precision_study_block,
@@ -190,31 +263,52 @@ RENDERERS = {
     "vllm-repro": vllm_repro_table,
     "scale": scale_table,
     "scale-io": scale_io_line,
+    "debug-study": debug_study_table,
+    "debug-study-run": debug_study_run,
+    "debug-study-tails": debug_study_tails,
+    "config": config_reference,
 }
 
 
-def render(text: str) -> str:
-    for name, fn in RENDERERS.items():
-        pattern = re.compile(rf"(<!-- measured:{name} -->\n)(?:.*?\n)?(<!-- /measured:{name} -->)", re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"README.md has no block <!-- measured:{name} --> ... <!-- /measured:{name} -->")
-        text = pattern.sub(lambda m, fn=fn: m.group(1) + fn() + "\n" + m.group(2), text)
-    return text
+def render(text: str, where: Path) -> tuple[str, set[str]]:
+    """`text` with each block refilled, and the names of the blocks it has."""
+    seen: set[str] = set()
+
+    def fill(m: re.Match) -> str:
+        name = m.group(3)
+        if name not in RENDERERS:
+            raise SystemExit(f"{where}: unknown block `{name}`; known: {sorted(RENDERERS)}")
+        seen.add(name)
+        return m.group(1) + RENDERERS[name]() + "\n" + m.group(4)
+
+    return BLOCK.sub(fill, text), seen
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    text = README.read_text()
-    new = render(text)
-    if args.check:
+    stale, used = [], set()
+    for page in PAGES:
+        text = page.read_text()
+        new, seen = render(text, page)
+        used |= seen
         if new != text:
-            print("README.md's measured blocks differ from benchmarks/results: run python scripts/render_measured.py")
-            return 1
-        return 0
-    README.write_text(new)
-    print(f"rendered {len(RENDERERS)} measured blocks in {README}")
+            stale.append(page)
+            if not args.check:
+                page.write_text(new)
+    missing = sorted(set(RENDERERS) - used)
+    if missing:
+        print(
+            f"no page has the blocks {missing}: add <!-- measured:NAME --> ... <!-- /measured:NAME --> to one"
+        )
+        return 1
+    if args.check and stale:
+        names = ", ".join(str(p.relative_to(ROOT)) for p in stale)
+        print(f"{names}: measured or generated blocks differ from their sources; run python scripts/render_docs.py")
+        return 1
+    if not args.check:
+        print(f"rendered {len(RENDERERS)} kinds of block; rewrote {len(stale)} of {len(PAGES)} pages")
     return 0
 
 
