@@ -5,7 +5,7 @@ half alone), with the per-row seeds the backend uses. Counts rows that came out 
     python -m benchmarks.vllm_repro --model-dir models/smollm2-135m
 
 Writes benchmarks/results/vllm_repro_<model dir name>.json. What it decides: which modes the
-backend may promise "a rerun gives the same corpus" for (README "Precision and sampling backends").
+backend may promise "a rerun gives the same corpus" for (docs/precision.md).
 """
 
 from __future__ import annotations

@@ -299,9 +299,7 @@ def main() -> int:
                 page.write_text(new)
     missing = sorted(set(RENDERERS) - used)
     if missing:
-        print(
-            f"no page has the blocks {missing}: add <!-- measured:NAME --> ... <!-- /measured:NAME --> to one"
-        )
+        print(f"no page has the blocks {missing}: add <!-- measured:NAME --> ... <!-- /measured:NAME --> to one")
         return 1
     if args.check and stale:
         names = ", ".join(str(p.relative_to(ROOT)) for p in stale)

@@ -164,7 +164,7 @@ def test_one_worker_deepspeed_is_bit_identical_to_the_torch_engine(ray_session, 
 
 # Execution settings are not part of a study's scientific identity (core.plan.EXECUTION_ONLY): the
 # same study on another layout draws the same seeds, so its numbers agree up to float noise.
-LAYOUT_RTOL = 1e-4  # measured 2.1e-7 on the 2-core CPU machine (README "Determinism and resume")
+LAYOUT_RTOL = 1e-4  # measured 2.1e-7 on the 2-core CPU machine (docs/concepts.md, "Determinism and resume")
 
 
 def test_layout_invariance_torch_one_worker_equals_deepspeed_two_workers(small_corpus, tmp_path):

@@ -224,7 +224,7 @@ class ProcessSlots:
 
 
 # How long a slot may take to close its lineage's W&B runs at the end of a study before it is killed
-# (what it did not log, a resume logs): part of the bound on a study's ending (README "What survives what").
+# (what it did not log, a resume logs): part of the bound on a study's ending (docs/concepts.md, "What survives what").
 SHUTDOWN_TIMEOUT_S = float(os.environ.get("COLLAPSE_SHUTDOWN_S", "120"))
 
 

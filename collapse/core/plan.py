@@ -94,7 +94,7 @@ def lineage_name(c: float, regime: str, seed: int, extra: dict[str, Any]) -> str
 # draw the same seeds and give the same numbers up to float noise, so they never enter the
 # generation-0 identity (from which every seed of a generation-0 unit derives). Precision is one:
 # `auto` resolves per machine, and bf16 against fp32 of one study is then a paired comparison of the
-# same draws (bf16 noise; README "Precision").
+# same draws (bf16 noise; docs/precision.md).
 EXECUTION_ONLY = (
     "train.engine", "train.workers", "train.deepspeed", "train.micro_batch_size", "train.checkpoint_every",
     "sample.compile", "eval.batch_size", "train.precision", "sample.precision", "eval.precision",

@@ -5,7 +5,7 @@ fixed-length chunks stored as .npy in the run dir, together with real token freq
 generation's training set is then a pure function of (study seed, lineage, generation) plus the
 synthetic corpora of earlier generations, so a resumed generation rebuilds the same set.
 
-Regime semantics (README "Regimes"). Let n = tokens_per_generation // seq_len sequences and c the
+Regime semantics (docs/concepts.md, "Regimes"). Let n = tokens_per_generation // seq_len sequences and c the
 contamination. Every generation k contributes a block D_k:
   D_0 = n real sequences;
   D_k = round(c*n) synthetic sequences sampled by generation k-1 + (n - round(c*n)) real ones,

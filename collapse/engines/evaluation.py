@@ -59,7 +59,7 @@ def score_tokens(
     positions at a time, into reused buffers, and each slice's statistics are reduced before the
     next. Inference mode, at a batch of at least `scoring_batch` rows. `precision` (resolved,
     `eval.precision`): bf16 runs a bf16 copy of the weights (body and output layer), and reduces
-    the logits in fp32 (README "Precision and sampling backends" has its accuracy)."""
+    the logits in fp32 (docs/precision.md has its accuracy)."""
     # bf16: a cached bf16 copy of the weights (autocast, which re-casts per op, measured 1.3x slower)
     model = weights_for(model, precision).eval()
     batch_size = scoring_batch(batch_size, rows.shape[1] if rows.ndim == 2 else 1)

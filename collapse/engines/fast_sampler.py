@@ -10,7 +10,7 @@ model's own weights through a minimal forward with
 With `sample.compile: true`, decode steps run `static_step` under `torch.compile`: every step has
 the same shapes (attention over the whole preallocated cache with a position mask, the position a
 tensor), so it compiles once per batch shape. Meant for GPUs, where per-step launch overhead
-dominates; on CPU it measured slower than eager (README, Performance).
+dominates; on CPU it measured slower than eager (docs/performance.md).
 Greedy decoding is token-for-token identical to `generate` (tested); sampling is reproducible for a
 seed but draws a different stream than `generate`. Architectures other than Llama fall back to the
 Hugging Face sampler.

@@ -86,7 +86,7 @@ class VLLMSampler:
     def precision(self) -> str:
         """sample.precision, resolved. `auto` is fp32: vLLM's bf16 kernels are not batch-invariant (a
         row's tokens depend on the batch it is drawn in, so a smaller corpus is not a prefix of a
-        larger one, which a shared generation 0 needs; README "Precision and sampling backends");
+        larger one, which a shared generation 0 needs; docs/precision.md);
         bf16 is the opt-in fast mode. Read once the model dir exists (made before training)."""
         if self.setting == "auto":
             return "fp32"

@@ -178,7 +178,7 @@ class PlacementTimeout(RuntimeError):
     """A worker group's placement group found no capacity in time."""
 
 
-# Bounds on waits for the training workers (README "What survives what"): placing the group, and
+# Bounds on waits for the training workers (docs/concepts.md, "What survives what"): placing the group, and
 # tearing its process group down. Training and sampling calls are the work itself: unbounded, but a
 # dead rank fails them at once (`WorkerGroup._gather`).
 PLACEMENT_TIMEOUT_S = float(os.environ.get("COLLAPSE_PLACEMENT_TIMEOUT_S", "600"))

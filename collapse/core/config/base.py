@@ -23,7 +23,7 @@ REGIMES, FAMILIES, INITS, ARCHS = get_args(Regime), get_args(Family), get_args(I
 ENGINES, SAMPLE_MODES, DECODINGS = get_args(EngineName), get_args(SampleMode), get_args(Decoding)
 SAMPLERS, WANDB_MODES, FILTERS = get_args(SamplerName), get_args(WandbMode), get_args(FilterName)
 PRECISIONS = get_args(PrecisionName)
-# `*.precision`: what `auto` means is measured (collapse/engines/precision.py; README "Precision").
+# `*.precision`: what `auto` means is measured (collapse/engines/precision.py; docs/precision.md).
 PRECISION_DOC = (
     "`auto`: bf16 on a GPU with bf16, or a CPU with bf16 matrix units (AMX / AVX512-BF16) at hidden size >= 256; "
     "else fp32. `fp32`: bit-exact across layouts. `bf16`: always."

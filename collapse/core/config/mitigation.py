@@ -10,7 +10,7 @@ from .base import FILTERS, FilterName, doc, require
 @dataclass
 class MitigationConfig:
     filter: FilterName = doc(
-        f'What each generation does to the synthetic data it trains on, one of {list(FILTERS)} (README "Mitigations").',
+        f"What each generation does to the synthetic data it trains on, one of {list(FILTERS)} (docs/mitigations.md).",
         default="none",
     )
     synthetic_cap: float = doc(

@@ -15,7 +15,8 @@ class SampleConfig:
         default="fast",
     )
     compile: bool = doc(
-        "fast sampler: torch.compile a static-shape decode step (for GPUs; slower on CPU, see README).", default=False
+        "fast sampler: torch.compile a static-shape decode step (for GPUs; slower on CPU, see docs/precision.md).",
+        default=False,
     )
     mode: SampleMode = doc(
         f"One of {list(SAMPLE_MODES)}: start from a document boundary or a real prompt prefix.", default="unconditional"
