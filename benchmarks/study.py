@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import write_results
+from benchmarks.common import run_or_analyse, write_results
 from collapse.core import metrics as M
 from collapse.core.rundir import RunDir, read_metrics
 
@@ -29,14 +26,9 @@ STAGES = ("train_s", "sample_s", "eval_s")
 EVAL_PARTS = ("eval_real_s", "eval_sampling_s", "eval_sample_metrics_s", "eval_gen0_s")  # = stages.EVAL_PARTS
 # The curves the docs quote (docs/getting-started.md renders them): every lineage's value per generation.
 CURVES = (
-    M.PPL_REAL,
-    M.PPL_REAL_P99,
-    M.LOSS_TAIL,
-    M.DISTINCT_2,
-    M.VENDI_SCORE,
-    M.EMBED_DIVERSITY,
-    M.KNN_RECALL,
-    M.TRAIN_LOSS,
+    *(M.PPL_REAL, f"{M.PPL_REAL}_lo", f"{M.PPL_REAL}_hi", M.PPL_REAL_P99, M.LOSS_TAIL, M.PPL_SAMPLES_GEN0),
+    *(M.DISTINCT_2, M.VENDI_SCORE, M.EMBED_DIVERSITY, M.KNN_RECALL, M.TRAIN_LOSS, M.SELF_BLEU),
+    *(M.FILTER_PRECISION, M.FILTER_RECALL, M.DETECTOR_ACCURACY, M.TRAIN_ROWS),
 )
 
 
@@ -46,7 +38,13 @@ def curves(run_dir: Path) -> dict:
     for row in read_metrics(run_dir):
         entry = out.setdefault(
             row["lineage"],
-            {"regime": row["regime"], "contamination": row["contamination"], "seed": row["seed"], "metrics": {}},
+            {
+                "regime": row["regime"],
+                "contamination": row["contamination"],
+                "seed": row["seed"],
+                "axes": {key: value for key, value in row.items() if "." in key},  # grid.extra's dotted keys
+                "metrics": {},
+            },
         )
         for key in CURVES:
             entry["metrics"].setdefault(key, []).append(row.get(key))
@@ -103,27 +101,7 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None, help="analyse this finished run instead of running the config")
     ap.add_argument("--name", default="study", help="results file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
-    if args.run_dir:
-        result = analyse(Path(args.run_dir))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "run"
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "collapse",
-                    "run",
-                    args.config,
-                    "--out",
-                    str(out),
-                    "--set",
-                    "tracking.wandb=disabled",
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            result = analyse(out)
+    result = run_or_analyse(args.config, args.run_dir, analyse)
     print(
         f"wall {result['wall_s']:.0f}s x {result['slots']} slots = {result['slot_seconds']:.0f} slot-seconds, "
         f"{result['units']} generation units"
