@@ -28,13 +28,21 @@ import psutil
 
 MARKER_ENV = "COLLAPSE_TEST_RAY_NODE"  # "<cluster id>/<node name>" in every process of a node
 START_TIMEOUT_S = 120.0
-START_ATTEMPTS = 3  # `ray start` runs for a node, where one timed out registering
+START_ATTEMPTS = 3  # `ray start` runs for a node, where one timed out registering or lost a port
+RETRIED = ("timed out during startup", "is used by other components", "Address already in use")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: range | None = None, taken: set[int] | None = None) -> int:
+    """A free loopback port the kernel hands out, outside `avoid` (a node's worker-port range, which
+    lies inside the ephemeral range) and not in `taken` (the node's other ports)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if (avoid is None or port not in avoid) and port not in (taken or set()):
+            if taken is not None:
+                taken.add(port)
+            return port
 
 
 def ray_exe() -> str:
@@ -77,7 +85,12 @@ class CliCluster:
         self.nodes: list[str] = []
         # Ray's socket paths must fit 107 bytes: a short temp dir, shared by the nodes of this cluster.
         self.temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")
-        self.port = free_port()
+        # Each node's worker ports: a block of 30 inside this cluster's 100 (below Linux's ephemeral
+        # range on most machines, but not all), so every other port is picked outside the 100.
+        self.worker_port_block = range(
+            20000 + (int(self.id, 16) % 200) * 100, 20000 + (int(self.id, 16) % 200) * 100 + 100
+        )
+        self.port = free_port(self.worker_port_block)
         base = {
             k: v
             for k, v in (os.environ if env is None else env).items()
@@ -107,35 +120,45 @@ class CliCluster:
         return name
 
     def _start_node(self, name: str, args: list[str]) -> None:
-        lo = 20000 + (int(self.id, 16) % 200) * 100 + len(self.nodes) * 30  # a worker-port range per node
-        cmd = [
-            ray_exe(),
-            "start",
-            *args,
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-            f"--min-worker-port={lo}",
-            f"--max-worker-port={lo + 29}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            "--node-ip-address=127.0.0.1",
-            f"--object-store-memory={128 * 1024**2}",
-        ]
+        lo = self.worker_port_block.start + len(self.nodes) * 30  # a worker-port range per node
+        workers = range(lo, lo + 30)
+
+        def command() -> list[str]:
+            taken: set[int] = set()  # fresh ports each attempt, none inside the worker range or repeated
+
+            def port() -> int:
+                return free_port(self.worker_port_block, taken)
+
+            return [
+                ray_exe(),
+                "start",
+                *args,
+                f"--node-manager-port={port()}",
+                f"--object-manager-port={port()}",
+                f"--min-worker-port={workers.start}",
+                f"--max-worker-port={workers.stop - 1}",
+                f"--dashboard-agent-listen-port={port()}",
+                f"--dashboard-agent-grpc-port={port()}",
+                f"--runtime-env-agent-port={port()}",
+                f"--metrics-export-port={port()}",
+                "--node-ip-address=127.0.0.1",
+                f"--object-store-memory={128 * 1024**2}",
+            ]
+
         env = {**self.env, MARKER_ENV: f"{self.id}/{name}"}
         log_path = self.workdir / f"ray-start-{name}.log"
         for attempt in range(1, START_ATTEMPTS + 1):
             with open(log_path, "ab") as log:
-                proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=START_TIMEOUT_S)
+                proc = subprocess.run(command(), env=env, stdout=log, stderr=subprocess.STDOUT, timeout=START_TIMEOUT_S)
             if proc.returncode == 0:
                 self.nodes.append(name)
                 return
             tail = log_path.read_text()[-2000:]
             # `ray start` gives a raylet a fixed 30 s to register with the GCS (ray/_private/node.py);
-            # on a loaded 2-core machine that can pass. A user reruns `ray start`: so do we, after
+            # on a loaded 2-core machine that can pass. And a port picked free can be taken by another
+            # process before Ray binds it. A user reruns `ray start`: so do we, with fresh ports, after
             # ending what this attempt left (its raylet may still be coming up).
-            if attempt == START_ATTEMPTS or "timed out during startup" not in tail:
+            if attempt == START_ATTEMPTS or not any(sign in tail[-1500:] for sign in RETRIED):
                 raise RuntimeError(f"`ray start` for {name} failed ({proc.returncode}, attempt {attempt}):\n{tail}")
             procs = marked_processes(f"{self.id}/{name}")
             for p in procs:
