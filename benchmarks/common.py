@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from collapse.engines.precision import compute_description
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -24,6 +26,7 @@ def write_results(name: str, config: dict, results: dict, path: Path | None = No
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
+        **compute_description(),
     }
     path = path or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -223,13 +223,48 @@ def debug_study_run() -> str:
     split = {k: v["seconds"] for k, v in r["split"].items()}
     eval_split = r["eval_split"]
     return (
-        f"Measured at commit `{r['git_commit'][:7]}`: {r['wall_s']:.0f} s wall time on {r['slots']} slots, "
+        f"Measured at commit `{r['git_commit'][:7]}` on {_cpu(_results_file('study_debug'))}: "
+        f"{r['wall_s']:.0f} s wall time on {r['slots']} slots, "
         f"{r['units']} generation units. Of the {r['slot_seconds']:.0f} slot-seconds, training took "
         f"{split['train']:.0f}, evaluation {split['eval']:.0f} "
         f"({eval_split['eval_sample_metrics']['share_of_eval']:.0%} "
         f"of it the sample metrics, mostly MiniLM embeddings of the samples; held-out scoring "
         f"{eval_split['eval_real']['seconds']:.0f} s in all), sampling {split['sample']:.0f}, and start-up, "
         f"orchestration and idle slots {split['orchestration_and_idle']:.0f}."
+    )
+
+
+def _results_file(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def _cpu(data: dict) -> str:
+    machine = data["machine"]
+    if "cpu_capability" not in machine:
+        return f"{machine['cpus']} cores, CPU not recorded"
+    return f"{machine['cpus']} cores of an {machine['cpu']} ({machine['cpu_capability']} kernels)"
+
+
+def cross_cpu_line() -> str:
+    """The debug study's fp32 result on this machine against another machine's: the same commit
+    family, the same seeds, other GEMM kernels."""
+    here, there = _results_file("study_debug"), _results_file("study_debug_other_cpu")
+    a, b = here["results"]["curves"], there["results"]["curves"]
+    gen0 = max(
+        abs(a[name]["metrics"][key][0] - b[name]["metrics"][key][0]) / abs(b[name]["metrics"][key][0])
+        for name in a
+        for key in ("ppl_real", "loss_tail")
+    )
+    name = next(n for n, lin in a.items() if lin["regime"] == "replace" and lin["contamination"] == 1.0)
+    last = len(a[name]["metrics"]["ppl_real"]) - 1
+    return (
+        f"The debug study (fp32 throughout) at commit `{here['results']['git_commit'][:7]}` on "
+        f"{_cpu(here)}, against commit `{there['results']['git_commit'][:7]}` on {_cpu(there)} "
+        f"(`benchmarks/results/study_debug_other_cpu.json`; run on the first CPU, "
+        f"`{there['results']['git_commit'][:7]}` gives the first file's curves exactly): "
+        f"generation 0 agrees to a relative {gen0:.0e} in `ppl_real` and `loss_tail`, but at replace, c = 1, "
+        f"generation {last} gives `ppl_real` {a[name]['metrics']['ppl_real'][-1]:.1f} against "
+        f"{b[name]['metrics']['ppl_real'][-1]:.1f}."
     )
 
 
@@ -644,6 +679,7 @@ RENDERERS = {
     "debug-study": debug_study_table,
     "debug-study-run": debug_study_run,
     "debug-study-tails": debug_study_tails,
+    "cross-cpu": cross_cpu_line,
     "config": config_reference,
     "training-engines": training_engines_table,
     "sampling": sampling_table,

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from collapse.cli.main import main
 from collapse.cli.results import open_study
@@ -54,6 +55,7 @@ def test_a_generation_that_samples_a_corpus_draws_no_separate_eval_samples(small
         timing = json.loads((unit / "timing.json").read_text())
         carries = (unit / EVAL_SAMPLES).is_file()
         assert timing["eval_samples"] == ("corpus" if carries else "drawn")
+        assert timing["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # what it ran on
         if (unit / "synthetic").is_dir():  # sampled a corpus (generation 0 does, for its c = 1 sharer)
             assert carries, (lineage, k)
             corpus = study.samples(lineage, k)

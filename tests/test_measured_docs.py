@@ -24,8 +24,12 @@ def test_measured_and_generated_blocks_match_their_sources():
 def test_the_debug_study_reproduces_its_committed_result(tmp_path):
     """`collapse run configs/debug.yaml` (about 4 min on 2 cores) against benchmarks/results/study_debug.json."""
     from benchmarks.study import curves
+    from collapse.engines.precision import compute_description
 
+    committed = json.loads((REPO / "benchmarks" / "results" / "study_debug.json").read_text())
+    here, there = compute_description()["cpu_capability"], committed["machine"].get("cpu_capability")
+    if here != there:  # another kernel set is another draw of the study (docs/concepts.md, determinism)
+        pytest.skip(f"study_debug.json was measured with {there} kernels, this CPU runs {here}")
     out = tmp_path / "debug"
     subprocess.run([*CLI, "run", str(CONFIGS / "debug.yaml"), "--out", str(out)], check=True, capture_output=True)
-    committed = json.loads((REPO / "benchmarks" / "results" / "study_debug.json").read_text())["results"]["curves"]
-    assert curves(out) == committed
+    assert curves(out) == committed["results"]["curves"]

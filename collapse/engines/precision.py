@@ -4,8 +4,8 @@
   * CUDA with bf16 support: bf16 (as before);
   * a CPU with bf16 matrix units (AMX, or AVX512-BF16) and a hidden size of at least
     CPU_BF16_MIN_HIDDEN: bf16. Below that size the casts around each op cost more than the matrix
-    units save (measured on this project's 2-core AMX machines, a training step of a 4-layer Llama:
-    d_model 128 0.97x fp32, 256 1.50x, 384 1.59x; d_model 64 0.54x), so tiny studies stay fp32;
+    units save (`python -m benchmarks.precision_crossover`, a training step of a 4-layer Llama by
+    hidden size; its result is in docs/precision.md), so tiny studies stay fp32;
   * anything else: fp32.
 What each precision means:
   * training: bf16 autocast around the forward; master weights, gradients and AdamW state stay fp32
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import platform
 import weakref
+from pathlib import Path
 
 import torch
 
@@ -37,6 +39,28 @@ def has_bf16_units(device_type: str) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+@functools.lru_cache(maxsize=1)
+def compute_description() -> dict:
+    """The CPU a result was computed on: its model, the widest ATen kernel set it runs (`AVX2`,
+    `AVX512`, ...) and whether it has bf16 units. fp32 results are bit-identical only between
+    machines that agree here: the GEMM kernels differ in summation order per instruction set, and
+    a lineage's sampling turns a 1e-6 difference into another corpus (docs/concepts.md)."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor()
+    return {
+        "cpu": model or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_units": has_bf16_units("cpu"),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def hidden_size(model) -> int:

@@ -49,7 +49,7 @@ from ..engines.environment import trim_heap
 from ..engines.evaluation import evaluate_real, evaluate_samples, gen0_perplexity, token_nll
 from ..engines.mitigation import apply_filter, verified_order, watermark_for
 from ..engines.model import count_parameters, load_model
-from ..engines.precision import resolve_for
+from ..engines.precision import compute_description, resolve_for
 from ..engines.samplers import build_sampler
 from ..engines.sampling import Sampler, sample_rows, save_corpus
 from ..engines.vllm_sampler import VLLMSampler
@@ -257,6 +257,7 @@ def evaluate(
     t = time.perf_counter()
     precision = resolve_for(e.precision, model)
     timing["precision"] = {"eval": precision, "sample": _sampling_precision(cfg, model, sampler)}
+    timing["machine"] = compute_description()  # what bit-exact comparisons need to match
     real_metrics = evaluate_real(
         model, ctx.eval_rows, ctx.buckets, ctx.rare_mask, e.batch_size, e.top_k, e.bootstrap, rng, per_unit, precision
     )
