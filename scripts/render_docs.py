@@ -71,6 +71,22 @@ def precision_table() -> str:
     return "\n".join(lines)
 
 
+def precision_pick_line() -> str:
+    """The README's one-paragraph answer to "which backend and precision", from the same file."""
+    data = _results_file("precision_smollm2-135m")
+    r, units = data["results"], "with" if data["results"]["bf16_units"] else "without"
+    s, sc, t8 = r["sampling"], r["scoring"], r["training_micro8"]
+    return (
+        f"SmolLM2-135M on {data['machine']['cpus']} CPU cores {units} bf16 matrix units, 32 rows x 128 new tokens: "
+        f"HF `generate` {s['hf_generate']['tokens_per_s']:.0f} tokens/s; the fast sampler in bf16 "
+        f"{s['fast_bf16']['tokens_per_s']:.0f} ({s['fast_bf16']['x_generate']:.2f}x); vLLM in fp32 "
+        f"{s['vllm_fp32']['tokens_per_s']:.0f} ({s['vllm_fp32']['x_generate']:.2f}x) and in bf16 "
+        f"{s['vllm_bf16']['tokens_per_s']:.0f} ({s['vllm_bf16']['x_generate']:.2f}x). bf16 scores held-out text "
+        f"{sc['x_fp32']:.2f}x faster than fp32 (perplexity changes by a relative {sc['relative_ppl_change']:.0e}) "
+        f"and trains {t8['x_fp32']:.2f}x faster."
+    )
+
+
 def eval_share_table() -> str:
     auto, fp32 = _results("study_smollm2_small"), _results("study_smollm2_small_fp32")
     lines = [
@@ -680,6 +696,7 @@ RENDERERS = {
     "debug-study-run": debug_study_run,
     "debug-study-tails": debug_study_tails,
     "cross-cpu": cross_cpu_line,
+    "precision-pick": precision_pick_line,
     "config": config_reference,
     "training-engines": training_engines_table,
     "sampling": sampling_table,
