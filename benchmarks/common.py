@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -43,3 +44,24 @@ def run_or_analyse(config: str, run_dir: str | None, analyse: Callable[[Path], A
         cmd = [sys.executable, "-m", "collapse", "run", config, "--out", str(out), "--set", "tracking.wandb=disabled"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return analyse(out)
+
+
+def study_benchmark(
+    analyse: Callable[[Path], dict],
+    config: str,
+    name: str,
+    show: Callable[[dict], None] | None = None,
+    argv: list[str] | None = None,
+) -> dict:
+    """The command line every study benchmark shares: run `--config` (or analyse `--run-dir`), print
+    the result with `show`, write benchmarks/results/NAME.json."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=config)
+    ap.add_argument("--run-dir", default=None, help="analyse this finished run instead of running the config")
+    ap.add_argument("--name", default=name, help="results file name (benchmarks/results/NAME.json)")
+    args = ap.parse_args(argv)
+    result = run_or_analyse(args.config, args.run_dir, analyse)
+    if show is not None:
+        show(result)
+    write_results(args.name, {"run_dir": args.run_dir} if args.run_dir else {"config": args.config}, result)
+    return result

@@ -11,12 +11,11 @@ metric with per-unit values. docs/studies.md renders both.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import run_or_analyse, write_results
+from benchmarks.common import study_benchmark
 from collapse.cli.report import early_warning, paired_detections
 from collapse.core import metrics as M
 from collapse.core.rundir import RunDir
@@ -58,17 +57,13 @@ def analyse(run_dir: Path) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/early_warning.yaml")
-    ap.add_argument("--run-dir", default=None, help="analyse this finished run instead of running the config")
-    ap.add_argument("--name", default="early_warning", help="results file name (benchmarks/results/NAME.json)")
-    args = ap.parse_args()
-    result = run_or_analyse(args.config, args.run_dir, analyse)
+def show(result: dict) -> None:
     for metric, by_cell in result["detections"].items():
         print(f"{metric:<40}", "  ".join(f"{cell}: {v}" for cell, v in by_cell.items()))
-    config = {"run_dir": args.run_dir} if args.run_dir else {"config": args.config}
-    write_results(args.name, config, result)
+
+
+def main() -> None:
+    study_benchmark(analyse, "configs/early_warning.yaml", "early_warning", show)
 
 
 if __name__ == "__main__":

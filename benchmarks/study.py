@@ -14,11 +14,10 @@ biggest row. Per generation unit it also gives evaluation's share of the unit's 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import run_or_analyse, write_results
+from benchmarks.common import study_benchmark
 from collapse.core import metrics as M
 from collapse.core.rundir import RunDir, read_metrics
 
@@ -95,13 +94,7 @@ def analyse(run_dir: Path) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/debug.yaml")
-    ap.add_argument("--run-dir", default=None, help="analyse this finished run instead of running the config")
-    ap.add_argument("--name", default="study", help="results file name (benchmarks/results/NAME.json)")
-    args = ap.parse_args()
-    result = run_or_analyse(args.config, args.run_dir, analyse)
+def show(result: dict) -> None:
     print(
         f"wall {result['wall_s']:.0f}s x {result['slots']} slots = {result['slot_seconds']:.0f} slot-seconds, "
         f"{result['units']} generation units"
@@ -119,8 +112,10 @@ def main() -> None:
     print(f"evaluation: {share:.1%} of train + sample + eval; peak RSS {peak} MB")
     split = ", ".join(f"{k} {v['seconds']:.1f}s ({v['share_of_eval']:.0%})" for k, v in result["eval_split"].items())
     print(f"evaluation by part: {split}; samples from {result['eval_samples_from']}")
-    config = {"run_dir": args.run_dir} if args.run_dir else {"config": args.config}
-    write_results(args.name, config, result)
+
+
+def main() -> None:
+    study_benchmark(analyse, "configs/debug.yaml", "study", show)
 
 
 if __name__ == "__main__":
